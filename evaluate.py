@@ -1,0 +1,226 @@
+"""Evaluate a checkpoint the way the benchmark does: Cityscapes mIoU (PSPNet) or COCO mask AP (Mask R-CNN).
+
+    python evaluate.py --model pspnet --checkpoint runs/x/best.keras --data /data/cityscapes --split val --out eval/
+    python evaluate.py ... --sliding --flip --scales 0.5,0.75,1,1.25,1.5,1.75
+    python evaluate.py --model mask_rcnn --boxes gt --checkpoint FILE --data COCO_DIR --split val --out DIR
+
+PSPNet output in OUT: metrics.json (mIoU, per_class_iou, pixel_accuracy,
+mean_class_accuracy, confusion_matrix), <city>_<seq>_<frame>_pred_labelIds.png
+(single-channel labelIds, what the official evaluator and the test server
+read), <...>_pred_color.png, and confusion_matrix.png. Scores are computed at
+full label resolution, over the 19 classes; a class absent from both the
+ground truth and the predictions has no IoU and is left out of the mean, as in
+the official cityscapesScripts evaluator.
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+IGNORE_LABEL = 255
+
+
+class SegmentationScores:
+    """Confusion matrix over a whole split and the scores derived from it.
+
+    update(gt, pred): gt, pred int arrays of one shape; gt pixels outside
+    [0, num_classes) (255 = ignore) are skipped, as in the official evaluator.
+    """
+
+    def __init__(self, num_classes):
+        self.num_classes = num_classes
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)  # rows: ground truth, cols: prediction
+
+    def update(self, gt, pred):
+        gt = np.asarray(gt).reshape(-1).astype(np.int64)
+        pred = np.asarray(pred).reshape(-1).astype(np.int64)
+        if gt.shape != pred.shape:
+            raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
+        keep = (gt >= 0) & (gt < self.num_classes)
+        index = gt[keep] * self.num_classes + np.clip(pred[keep], 0, self.num_classes - 1)
+        self.confusion += np.bincount(index, minlength=self.num_classes ** 2).reshape(self.confusion.shape)
+
+    def per_class_iou(self):
+        """[C] float: TP / (TP + FP + FN); NaN for a class in neither ground truth nor prediction."""
+        tp = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def mean_iou(self):
+        iou = self.per_class_iou()
+        return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else 0.0
+
+    def pixel_accuracy(self):
+        total = self.confusion.sum()
+        return float(np.trace(self.confusion) / total) if total else 0.0
+
+    def mean_class_accuracy(self):
+        """Mean over classes present in the ground truth of TP / (pixels of that class)."""
+        gt_pixels = self.confusion.sum(1)
+        present = gt_pixels > 0
+        return float(np.mean(np.diag(self.confusion)[present] / gt_pixels[present])) if present.any() else 0.0
+
+    def as_dict(self, class_names):
+        iou = self.per_class_iou()
+        return {
+            "mIoU": self.mean_iou(),
+            "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
+            "pixel_accuracy": self.pixel_accuracy(),
+            "mean_class_accuracy": self.mean_class_accuracy(),
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def format_table(metrics):
+    lines = [f"{'class':<16}{'IoU':>8}"]
+    for name, value in metrics["per_class_iou"].items():
+        lines.append(f"{name:<16}{'   n/a' if value is None else f'{value:8.4f}'}")
+    lines += [f"{'mIoU':<16}{metrics['mIoU']:8.4f}",
+              f"{'pixel accuracy':<16}{metrics['pixel_accuracy']:8.4f}",
+              f"{'mean class acc.':<16}{metrics['mean_class_accuracy']:8.4f}"]
+    return "\n".join(lines)
+
+
+def plot_confusion(confusion, class_names, path):
+    """Row-normalised confusion matrix (rows: ground truth) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confusion.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(rows > 0, confusion / np.maximum(rows, 1), 0.0)
+    size = max(6, 0.45 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            if normalised[i, j] >= 0.01:
+                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def load_segmentation_model(checkpoint):
+    """A .keras PSPNet checkpoint -> a model with only the main logits output (one-line error if unusable)."""
+    import keras
+
+    from models.pspnet import inference_model
+
+    if not os.path.isfile(checkpoint):
+        raise SystemExit(f"--checkpoint {checkpoint}: no such file (a .keras file written by train.py)")
+    try:
+        model = keras.saving.load_model(checkpoint, compile=False)
+    except Exception as error:  # a corrupt or foreign file: say which and why, in one line
+        raise SystemExit(f"--checkpoint {checkpoint}: cannot load it as a Keras model ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})")
+    return inference_model(model) if isinstance(model.output, dict) else model
+
+
+def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", crop_size=(713, 713), stride=None,
+                    flip=False, scales=(1.0,), write_predictions=True):
+    """Scores `model` on an eval dataset and writes predictions; returns the metrics dict.
+
+    dataset: batches {"image": [B, H, W, 3] float32 normalised, "label": [B, H, W] int32 trainIds, "id": [B]}
+    as data.cityscapes.eval_pipeline makes them.
+    """
+    from data import cityscapes
+    from models.inference import colorize, predict_classes, predict_logits
+
+    scores = SegmentationScores(num_classes)
+    os.makedirs(out_dir, exist_ok=True)
+    for batch in dataset:
+        probabilities = predict_logits(model, batch["image"], mode=mode, crop_size=crop_size, stride=stride,
+                                       flip=flip, scales=scales)
+        predictions = predict_classes(probabilities).numpy()
+        for i, example_id in enumerate(batch["id"].numpy()):
+            example_id = example_id.decode()
+            scores.update(batch["label"][i].numpy(), predictions[i])
+            if write_predictions:
+                _write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
+                           cityscapes.to_label_ids(predictions[i]))
+                _write_png(os.path.join(out_dir, f"{example_id}_pred_color.png"), colorize(predictions[i], cityscapes.CLASS_COLORS))
+    metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
+                             else [str(i) for i in range(num_classes)])
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    plot_confusion(scores.confusion, list(metrics["per_class_iou"]), os.path.join(out_dir, "confusion_matrix.png"))
+    return metrics
+
+
+def _parse_scales(text):
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales takes numbers like 0.5,0.75,1.0, got {text!r}")
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"--scales must be positive, got {text!r}")
+    return scales
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
+    parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
+    parser.add_argument("--data", required=True, help="dataset root (Cityscapes: holds leftImg8bit/ and gtFine/)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", required=True, help="folder for metrics.json and predictions")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
+    parser.add_argument("--tfds", action="store_true", help="read --data as the folder with the Cityscapes zips (TFDS)")
+    parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
+    parser.add_argument("--crop", type=int, default=713, help="sliding window size")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--scales", type=_parse_scales, default=(1.0,), help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
+    parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
+    parser.add_argument("--boxes", choices=["gt"], default="gt", help="Mask R-CNN: boxes to segment (gt = oracle)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
+        raise SystemExit(f"--out {args.out}: holds an earlier evaluation (metrics.json); pass --overwrite or another --out")
+    if args.model == "mask_rcnn":
+        return evaluate_mask_rcnn(args)
+
+    from data import cityscapes
+
+    model = load_segmentation_model(args.checkpoint)
+    if args.tfds:
+        elements = cityscapes.read_tfds(args.split, data_dir=os.path.join(args.data, "tfds"), manual_dir=args.data)
+    else:
+        try:
+            elements = cityscapes.read_folder(args.data, args.split)
+        except FileNotFoundError as error:
+            raise SystemExit(f"--data: {error}")
+    dataset = cityscapes.eval_pipeline(elements, batch_size=1)
+    if args.max_images:
+        dataset = dataset.take(args.max_images)
+    metrics = evaluate_pspnet(model, dataset, args.out, num_classes=model.output.shape[-1],
+                              mode="sliding" if args.sliding else "whole", crop_size=args.crop, flip=args.flip,
+                              scales=args.scales)
+    print(format_table(metrics))
+    print(f"wrote {args.out}/metrics.json, predictions and confusion_matrix.png")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,99 @@
+"""Run a trained PSPNet on your own images: colour masks and overlays.
+
+    python predict.py --checkpoint runs/x/best.keras photo.jpg more_photos/ --out predictions/
+    python predict.py --checkpoint ... IMAGES --out DIR --sliding --crop 713 --flip --scales 0.75,1,1.25
+
+Any size and any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...). For each
+image NAME it writes NAME_color.png (Cityscapes palette), NAME_overlay.png
+(the mask blended on the image) and NAME_labelIds.png (single-channel
+Cityscapes labelIds).
+"""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def find_images(inputs):
+    """Files given, plus the images inside folders given (sorted); one-line error for a missing path."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for folder, _, files in sorted(os.walk(item)):
+                paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise SystemExit(f"{item}: no such file or folder")
+    if not paths:
+        raise SystemExit(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(inputs)}")
+    return paths
+
+
+def read_rgb(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise SystemExit(f"{path}: not a readable image ({error})")
+
+
+def predict_image(model, rgb, *, mode="whole", crop_size=713, flip=False, scales=(1.0,)):
+    """uint8 [H, W, 3] RGB -> trainId map [H, W] int32."""
+    from data import cityscapes
+    from models.inference import predict_classes, predict_logits
+
+    images = cityscapes.normalize_image(rgb[None])
+    probabilities = predict_logits(model, images, mode=mode, crop_size=crop_size, flip=flip, scales=scales)
+    return predict_classes(probabilities).numpy()[0]
+
+
+def main(argv=None):
+    from evaluate import _parse_scales, _write_png, load_segmentation_model
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
+    parser.add_argument("--crop", type=int, default=713, help="sliding window size")
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--scales", type=_parse_scales, default=(1.0,))
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask")
+    args = parser.parse_args(argv)
+
+    from data import cityscapes
+    from models.inference import colorize, overlay
+
+    paths = find_images(args.inputs)
+    model = load_segmentation_model(args.checkpoint)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        targets = {kind: os.path.join(args.out, f"{stem}_{kind}.png") for kind in ("color", "overlay", "labelIds")}
+        if not args.overwrite and any(os.path.exists(t) for t in targets.values()):
+            raise SystemExit(f"{targets['color']}: exists already; pass --overwrite or another --out")
+        rgb = read_rgb(path)
+        train_ids = predict_image(model, rgb, mode="sliding" if args.sliding else "whole", crop_size=args.crop,
+                                  flip=args.flip, scales=args.scales)
+        color = colorize(train_ids, cityscapes.CLASS_COLORS)
+        _write_png(targets["color"], color)
+        _write_png(targets["overlay"], overlay(rgb, color, alpha=args.alpha))
+        _write_png(targets["labelIds"], cityscapes.to_label_ids(train_ids))
+        written.append(targets["overlay"])
+    print(f"wrote masks and overlays of {len(paths)} image(s) to {args.out}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,29 @@
+"""A few Cityscapes-layout files written directly with PIL, for CLI tests that must not depend on the sample generator."""
+import os
+
+import numpy as np
+from PIL import Image
+
+# labelIds of evaluated classes (road 7, sidewalk 8, building 11, vegetation 21, sky 23, car 26)
+# and void ones (0 unlabeled, 1 ego vehicle, 4 static).
+EVAL_IDS = [7, 8, 11, 21, 23, 26]
+VOID_IDS = [0, 1, 4]
+
+
+def write_split(root, split, *, num_images=2, size=(48, 64), seed=0):
+    """Writes leftImg8bit/<split>/testcity/... and gtFine/... _labelIds.png; returns [(id, labelIds array)]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num_images):
+        example_id = f"testcity_{i:06d}_000019"
+        blocks = rng.choice(EVAL_IDS + VOID_IDS, size=(size[0] // 8, size[1] // 8), p=[0.14] * 6 + [0.16 / 3] * 3)
+        label_ids = np.kron(blocks, np.ones((8, 8), int)).astype(np.uint8)
+        image = rng.integers(0, 256, size=size + (3,), dtype=np.uint8)
+        image_dir = os.path.join(root, "leftImg8bit", split, "testcity")
+        label_dir = os.path.join(root, "gtFine", split, "testcity")
+        os.makedirs(image_dir, exist_ok=True)
+        os.makedirs(label_dir, exist_ok=True)
+        Image.fromarray(image).save(os.path.join(image_dir, f"{example_id}_leftImg8bit.png"))
+        Image.fromarray(label_ids).save(os.path.join(label_dir, f"{example_id}_gtFine_labelIds.png"))
+        out.append((example_id, label_ids))
+    return out
