@@ -1,0 +1,73 @@
+"""Small serializable layers shared by the models.
+
+Both work on any (dynamic) spatial size and are differentiable.
+"""
+import keras
+import tensorflow as tf
+
+
+def _averaging_matrix(bins, size):
+    """[bins, size] float32: row i averages [floor(i*size/bins), ceil((i+1)*size/bins))."""
+    i = tf.range(bins)
+    start = (i * size) // bins
+    end = ((i + 1) * size + bins - 1) // bins
+    position = tf.range(size)
+    inside = (position[None, :] >= start[:, None]) & (position[None, :] < end[:, None])
+    return tf.cast(inside, tf.float32) / tf.cast(end - start, tf.float32)[:, None]
+
+
+@keras.saving.register_keras_serializable(package="models")
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling to a fixed output grid for any input size.
+
+    Same bins as PyTorch's AdaptiveAvgPool2d: output row i averages input rows
+    [floor(i*H/h), ceil((i+1)*H/h)) (likewise for columns), so neighbouring bins
+    overlap when h does not divide H, and an input smaller than the grid repeats
+    rows. Written as two small averaging matrices applied with einsum because
+    tf.image.resize(method="area") has no gradient. Computed in float32.
+
+    Args:
+      output_size: int or (h, w).
+
+    Call: x [B, H, W, C] float -> [B, h, w, C] in the layer's compute dtype.
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(int(s) for s in output_size)
+
+    def call(self, x):
+        rows = _averaging_matrix(self.output_size[0], tf.shape(x)[1])
+        cols = _averaging_matrix(self.output_size[1], tf.shape(x)[2])
+        y = tf.einsum("ih,bhwc->biwc", rows, tf.cast(x, tf.float32))
+        y = tf.einsum("jw,biwc->bijc", cols, y)
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.output_size, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size}
+
+
+@keras.saving.register_keras_serializable(package="models")
+class ResizeLike(keras.layers.Layer):
+    """Bilinear resize of a tensor to the spatial size of a reference tensor.
+
+    Convention (used everywhere in this project): half-pixel centres, i.e.
+    PyTorch's align_corners=False / tf.image.resize, no antialiasing.
+
+    Call: [x [B, h, w, C] float, reference [B, H, W, ...]] -> [B, H, W, C] in the
+    layer's compute dtype (set dtype="float32" for logits under mixed precision).
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        y = tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear")
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, reference_shape = input_shapes
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
