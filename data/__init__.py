@@ -1,0 +1,1 @@
+"""Built-in datasets, readers and tf.data pipelines (Cityscapes, COCO)."""
