@@ -41,6 +41,8 @@ class PSPNetConfig:
     # data
     crop: tuple = (713, 713)
     scale_range: tuple = (0.5, 2.0)
+    rotation_degrees: float = 10.0
+    blur_prob: float = 0.5
     batch_size: int = 16  # global batch, split over replicas
     val_images: int = 0  # validate on the first N val images each epoch (0 = all)
     # schedule (the paper's recipe)
@@ -159,10 +161,12 @@ def train_dataset(config, global_batch, input_context=None):
 
     batch = input_context.get_per_replica_batch_size(global_batch) if input_context else global_batch
     seed = config.seed + (input_context.input_pipeline_id if input_context else 0)
+    # Repeat before batching: batches then span epoch boundaries and never come up short.
     dataset = cityscapes.train_pipeline(
-        read_split(config, "train", shuffle=True, input_context=input_context),
-        batch_size=batch, crop_size=config.crop, scale_range=config.scale_range, seed=seed)
-    return dataset.map(lambda image, label: (image, {"main": label, "aux": label})).repeat()
+        read_split(config, "train", shuffle=True, input_context=input_context).repeat(),
+        batch_size=batch, crop_size=config.crop, scale_range=config.scale_range,
+        rotation_degrees=config.rotation_degrees, blur_prob=config.blur_prob, seed=seed)
+    return dataset.map(lambda image, label: (image, {"main": label, "aux": label}))
 
 
 def val_dataset(config):
@@ -190,14 +194,17 @@ def _make_validation_callback(dataset, num_classes, aux_weight):
         Must come before the callbacks that read these logs.
         """
 
+        _predict = None
+
         def on_epoch_end(self, epoch, logs=None):
             if logs is None:
                 return
+            if self._predict is None:  # one compiled function for the whole run (any image size)
+                self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
             miou = keras.metrics.MeanIoU(num_classes, ignore_class=255, sparse_y_pred=False)
-            predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
             total, count = 0.0, 0
             for images, labels in dataset:
-                outputs = predict(images)
+                outputs = self._predict(images)
                 miou.update_state(labels, outputs["main"])
                 total += float(losses.pspnet_loss(labels, outputs["main"], outputs["aux"], num_classes,
                                                   aux_weight=aux_weight))
