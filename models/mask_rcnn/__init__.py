@@ -1,0 +1,22 @@
+"""Mask R-CNN: RoI heads (class and mask branches), their targets, training and inference.
+
+The RPN and box branch come in a later issue; until then the heads train on
+RoIs derived from the ground truth and are evaluated with oracle boxes.
+"""
+from models.mask_rcnn.heads import ClassHead, MaskHead
+from models.mask_rcnn.inference import (
+    PickMaskChannel,
+    PredictClass,
+    paste_masks,
+    pick_mask_channel,
+    predict_oracle_masks,
+)
+from models.mask_rcnn.model import build_mask_head_model
+from models.mask_rcnn.targets import box_iou, mask_targets, sample_rois
+from models.mask_rcnn.trainer import MaskHeadTrainer, head_losses
+
+__all__ = [
+    "ClassHead", "MaskHead", "MaskHeadTrainer", "PickMaskChannel", "PredictClass",
+    "box_iou", "build_mask_head_model", "head_losses", "mask_targets", "paste_masks", "pick_mask_channel",
+    "predict_oracle_masks", "sample_rois",
+]

@@ -1,0 +1,156 @@
+"""RoIAlign (He et al. 2017) over an FPN, written with gathers so that it compiles under XLA.
+
+Coordinates: boxes are [y1, x1, y2, x2] in continuous image pixels (pixel (i, j)
+covers [i, i+1) x [j, j+1)). On a feature map of stride s, a box covers
+[y1/s, y2/s); feature (i, j) sits at (i + 0.5, j + 0.5), so a continuous
+position p reads index p - 0.5: Detectron2's `aligned=True` RoIAlign.
+
+Sampling: each of the output_size x output_size bins averages
+sampling_ratio x sampling_ratio bilinear samples at the centres of a regular
+sub-grid of the bin. A sample more than one pixel outside the map reads 0; one
+within a pixel of the border reads the border value (Detectron2's convention).
+
+Levels: a box of size w x h (image pixels) reads FPN level
+    k = clip(floor(canonical_level + log2(sqrt(w h) / canonical_size)), min_level, max_level)
+with canonical_size 224 (the ImageNet pre-training size) at canonical_level 4,
+i.e. a 224 x 224 box reads P4, 112 x 112 P3, 448 x 448 P5 (FPN paper, eq. 1).
+
+tf.image.crop_and_resize has no XLA kernel; here each sample's four
+neighbours are gathered from one flat table of all levels, which compiles.
+"""
+import keras
+import tensorflow as tf
+
+CANONICAL_SIZE = 224.0
+CANONICAL_LEVEL = 4
+
+
+def roi_levels(boxes, *, min_level=2, max_level=5, canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
+    """FPN level of each box. boxes: [..., 4] float (y1, x1, y2, x2, image pixels) -> [...] int32."""
+    boxes = tf.cast(boxes, tf.float32)
+    height = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    width = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+    # The epsilon keeps log2 finite for empty (padding) boxes: they go to min_level.
+    size = tf.sqrt(height * width) + 1e-6
+    level = tf.floor(canonical_level + tf.math.log(size / canonical_size) / tf.math.log(2.0))
+    return tf.cast(tf.clip_by_value(level, min_level, max_level), tf.int32)
+
+
+def _axis_samples(start, end, length, output_size, sampling_ratio):
+    """Neighbour indices and bilinear weights of the samples along one axis.
+
+    start, end: [R] float, the box edges in this map's continuous pixels.
+    length: [R] int32, the map's size along the axis.
+    Returns index [R, P, 2] int32 and weight [R, P, 2] float32 with
+    P = output_size * sampling_ratio (bin-major: P index = bin * ratio + sample).
+    """
+    count = output_size * sampling_ratio
+    step = (end - start) / count
+    position = start[:, None] + (tf.range(count, dtype=tf.float32)[None, :] + 0.5) * step[:, None] - 0.5
+    last = tf.cast(length - 1, tf.float32)[:, None]
+    inside = tf.cast((position >= -1.0) & (position <= last + 1.0), tf.float32)
+    position = tf.clip_by_value(position, 0.0, last)
+    low = tf.floor(position)
+    high = tf.minimum(low + 1.0, last)
+    frac = position - low
+    index = tf.cast(tf.stack([low, high], axis=-1), tf.int32)
+    weight = tf.stack([1.0 - frac, frac], axis=-1) * inside[..., None]
+    return index, weight
+
+
+def crop_and_sample(table, base, height, width, boxes, output_size, sampling_ratio):
+    """RoIAlign of R boxes, each on its own map stored in a flat table.
+
+    table: [T, C] float32, maps flattened row-major and concatenated.
+    base: [R] int32, row of `table` where each box's map starts.
+    height, width: [R] int32, that map's size.
+    boxes: [R, 4] float32 (y1, x1, y2, x2) in that map's continuous pixels.
+    Returns [R, output_size, output_size, C] float32.
+    """
+    rows, row_weight = _axis_samples(boxes[:, 0], boxes[:, 2], height, output_size, sampling_ratio)
+    cols, col_weight = _axis_samples(boxes[:, 1], boxes[:, 3], width, output_size, sampling_ratio)
+    # [R, P, 2, P, 2]: every (row neighbour, column neighbour) pair of every sample.
+    flat = (base[:, None, None, None, None] + rows[:, :, :, None, None] * width[:, None, None, None, None]
+            + cols[:, None, None, :, :])
+    values = tf.gather(table, flat)  # [R, P, 2, P, 2, C]
+    n, s = output_size, sampling_ratio
+    values = tf.reshape(values, [-1, n, s * 2, n, s * 2, tf.shape(table)[1]])
+    row_weight = tf.reshape(row_weight, [-1, n, s * 2])
+    col_weight = tf.reshape(col_weight, [-1, n, s * 2])
+    # Sum the weighted neighbours of all samples of a bin, then average the samples.
+    values = tf.einsum("rjb,riajbc->riajc", col_weight, values)
+    values = tf.einsum("ria,riajc->rijc", row_weight, values)
+    return values / float(s * s)
+
+
+def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_level=2, max_level=5,
+                         canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
+    """RoIAlign over FPN levels.
+
+    features: list of [B, H_k, W_k, C] maps for levels min_level..max_level in
+        order (stride 2**k each).
+    boxes: [B, R, 4] float (y1, x1, y2, x2) in image pixels.
+    Returns [B, R, output_size, output_size, C] float32.
+    """
+    if len(features) != max_level - min_level + 1:
+        raise ValueError(f"expected {max_level - min_level + 1} feature maps (levels {min_level}..{max_level}), "
+                         f"got {len(features)}")
+    boxes = tf.cast(boxes, tf.float32)
+    batch = tf.shape(boxes)[0]
+    num_rois = tf.shape(boxes)[1]
+    channels = tf.shape(features[0])[-1]
+    heights = tf.stack([tf.shape(f)[1] for f in features])
+    widths = tf.stack([tf.shape(f)[2] for f in features])
+    sizes = heights * widths
+    # One table [B * T, C]: image b's levels occupy rows b*T + offset_k .. b*T + offset_k + H_k*W_k.
+    table = tf.concat([tf.reshape(tf.cast(f, tf.float32), [batch, -1, channels]) for f in features], axis=1)
+    per_image = tf.shape(table)[1]
+    table = tf.reshape(table, [-1, channels])
+    offsets = tf.cumsum(sizes, exclusive=True)
+
+    level = roi_levels(boxes, min_level=min_level, max_level=max_level, canonical_size=canonical_size,
+                       canonical_level=canonical_level) - min_level
+    image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(level))
+    base = image * per_image + tf.gather(offsets, level)
+    scale = tf.pow(2.0, -tf.cast(level + min_level, tf.float32))
+    crops = crop_and_sample(
+        table, tf.reshape(base, [-1]), tf.reshape(tf.gather(heights, level), [-1]),
+        tf.reshape(tf.gather(widths, level), [-1]), tf.reshape(boxes * scale[..., None], [-1, 4]),
+        output_size, sampling_ratio)
+    return tf.reshape(crops, [batch, num_rois, output_size, output_size, channels])
+
+
+@keras.saving.register_keras_serializable(package="models")
+class MultiLevelRoIAlign(keras.layers.Layer):
+    """Keras layer around `multilevel_roi_align` (see the module docstring for conventions).
+
+    Call: [boxes [B, R, 4] float (image pixels), P_min, ..., P_max] with
+    P_k [B, H_k, W_k, C] -> [B, R, output_size, output_size, C] in the compute dtype.
+    """
+
+    def __init__(self, output_size=7, sampling_ratio=2, min_level=2, max_level=5,
+                 canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, **kwargs):
+        super().__init__(**kwargs)
+        self.output_size = int(output_size)
+        self.sampling_ratio = int(sampling_ratio)
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        self.canonical_size = float(canonical_size)
+        self.canonical_level = int(canonical_level)
+
+    def call(self, inputs):
+        boxes, *features = inputs
+        crops = multilevel_roi_align(
+            features, boxes, output_size=self.output_size, sampling_ratio=self.sampling_ratio,
+            min_level=self.min_level, max_level=self.max_level, canonical_size=self.canonical_size,
+            canonical_level=self.canonical_level)
+        return tf.cast(crops, self.compute_dtype)
+
+    def compute_output_shape(self, input_shapes):
+        boxes_shape, first = input_shapes[0], input_shapes[1]
+        return (boxes_shape[0], boxes_shape[1], self.output_size, self.output_size, first[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size, "sampling_ratio": self.sampling_ratio,
+                "min_level": self.min_level, "max_level": self.max_level,
+                "canonical_size": self.canonical_size, "canonical_level": self.canonical_level}
