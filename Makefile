@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Trains the Mask R-CNN mask head on the built-in COCO-format sample and evaluates it.
 demo-maskrcnn: $(STAMP)
-	$(PY) train.py --preset maskrcnn_demo
+	$(PY) train.py --model mask_rcnn --preset maskrcnn_demo
 
 # The whole suite (slow-marked checks included), then one smoke run of the benchmark harness.
 test: $(STAMP)

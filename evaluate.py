@@ -118,20 +118,65 @@ def _write_png(path, array):
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
 
 
-def load_segmentation_model(checkpoint):
-    """A .keras PSPNet checkpoint -> a model with only the main logits output (one-line error if unusable)."""
+def load_checkpoint(checkpoint):
+    """A .keras file written by train.py -> the Keras model in it (one-line error if unusable)."""
     import keras
 
-    from models.pspnet import inference_model
+    import models  # noqa: F401  (registers the custom layers and models a checkpoint names)
 
     if not os.path.isfile(checkpoint):
         raise SystemExit(f"--checkpoint {checkpoint}: no such file (a .keras file written by train.py)")
     try:
-        model = keras.saving.load_model(checkpoint, compile=False)
+        return keras.saving.load_model(checkpoint, compile=False)
     except Exception as error:  # a corrupt or foreign file: say which and why, in one line
         raise SystemExit(f"--checkpoint {checkpoint}: cannot load it as a Keras model ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})")
+
+
+def load_segmentation_model(checkpoint):
+    """A .keras PSPNet checkpoint -> a model with only the main logits output."""
+    from models.pspnet import inference_model
+
+    model = load_checkpoint(checkpoint)
     return inference_model(model) if isinstance(model.output, dict) else model
+
+
+def evaluate_mask_rcnn(args):
+    """Oracle-box mask evaluation: masks for the ground-truth boxes, COCO segm AP; returns the metrics dict.
+
+    Images are resized as in training (short/long side from the run's config.json beside the
+    checkpoint, unless --short-side/--long-side are given). Writes OUT/segm_results.json (COCO
+    results format, original category ids, no bbox key) and OUT/metrics.json.
+    """
+    from data import coco
+    from models.mask_rcnn import predict_oracle_masks
+
+    trainer = load_checkpoint(args.checkpoint)
+    run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.json")
+    sizes = {"short_side": 800, "long_side": 1333}
+    if os.path.exists(run_config):
+        with open(run_config) as f:
+            saved = json.load(f)
+        sizes = {key: saved.get(key, value) for key, value in sizes.items()}
+    sizes = {key: getattr(args, key) or value for key, value in sizes.items()}
+    try:
+        split = coco.read_coco(args.data, args.split)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--data {args.data}: {error}")
+    dataset = coco.make_dataset(split, batch_size=1, training=False, **sizes)
+    if args.max_images:
+        dataset = dataset.take(args.max_images)
+    predictions = predict_oracle_masks(trainer, dataset, class_source=args.class_source)
+    results = coco.segm_results(predictions, split.categories)
+    os.makedirs(args.out, exist_ok=True)
+    coco.write_results(os.path.join(args.out, "segm_results.json"), results)
+    metrics = coco.evaluate_segm(split.coco, results)
+    metrics.update(boxes=args.boxes, class_source=args.class_source, images=len(predictions))
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print("\n".join(f"{key:<14}{value:.4f}" for key, value in metrics.items() if isinstance(value, float)))
+    print(f"wrote {args.out}/segm_results.json and metrics.json")
+    return metrics
 
 
 def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", crop_size=(713, 713), stride=None,
@@ -156,7 +201,8 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
             if write_predictions:
                 _write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
                            cityscapes.to_label_ids(predictions[i]))
-                _write_png(os.path.join(out_dir, f"{example_id}_pred_color.png"), colorize(predictions[i], cityscapes.CLASS_COLORS))
+                _write_png(os.path.join(out_dir, f"{example_id}_pred_color.png"),
+                           colorize(predictions[i], cityscapes.CLASS_COLORS))
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -189,7 +235,12 @@ def build_parser():
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--scales", type=_parse_scales, default=(1.0,), help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
-    parser.add_argument("--boxes", choices=["gt"], default="gt", help="Mask R-CNN: boxes to segment (gt = oracle)")
+    parser.add_argument("--boxes", choices=["gt"], default="gt",
+                        help="Mask R-CNN: boxes to segment (gt = the ground-truth boxes; the detector comes later)")
+    parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted",
+                        help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
+    parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
+    parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
     return parser
 
 

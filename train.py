@@ -77,19 +77,77 @@ PRESETS = {
 DEMO_PRESET = "pspnet_demo"
 
 
-def _parse_pair(text, cast):
-    parts = [cast(v) for v in text.replace("x", ",").split(",")]
-    return tuple(parts * 2 if len(parts) == 1 else parts)
+@dataclasses.dataclass
+class MaskHeadConfig:
+    """A Mask R-CNN mask-head training run (--model mask_rcnn --stage mask_head): class and mask branches
+    on a ResNet-FPN, trained on RoIs sampled around the ground-truth boxes (no RPN yet)."""
+
+    preset: str = "maskrcnn_r50_fpn_mask_head_coco"
+    stage: str = "mask_head"
+    data: str = ""  # COCO root: annotations/instances_{train,val}2017.json, {train,val}2017/
+    out: str = ""
+    resume: bool = False
+    # model
+    depth: int = 50
+    base_width: int = 64
+    fpn_channels: int = 256
+    head_channels: int = 256
+    fc_units: int = 1024
+    freeze_backbone: bool = False
+    # data
+    short_side: int = 800
+    long_side: int = 1333
+    batch_size: int = 16
+    num_rois: int = 512  # sampled RoIs per image (the paper's 512, a quarter positive)
+    positive_fraction: float = 0.25
+    skip_empty_images: bool = False
+    # schedule: Detectron's 1x (90k steps at batch 16, x0.1 at 60k and 80k, linear warm-up)
+    steps: int = 90000
+    steps_per_epoch: int = 5000
+    lr: float = 0.02
+    milestones: tuple = (60000, 80000)
+    warmup_steps: int = 1000
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # runtime
+    strategy: str = "none"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    keep_checkpoints: int = 2
+    seed: int = 0
+    verbose: int = 1
 
 
-def build_parser():
+MASK_PRESETS = {
+    "maskrcnn_r50_fpn_mask_head_coco": MaskHeadConfig(),
+    # Built-in demo: a ResNet-18 FPN mask head on the generated COCO-format sample, a few CPU minutes.
+    "maskrcnn_demo": MaskHeadConfig(
+        preset="maskrcnn_demo", data="samples/coco", out="runs/maskrcnn_demo", resume=True, depth=18,
+        base_width=16, fpn_channels=64, head_channels=64, fc_units=256, short_side=256, long_side=320,
+        batch_size=2, num_rois=32, positive_fraction=0.5, steps=300, steps_per_epoch=60, lr=0.004,
+        milestones=(240,), warmup_steps=30),
+}
+MASK_DEMO_PRESET = "maskrcnn_demo"
+
+
+def _parse_tuple(text, cast, pair):
+    values = tuple(cast(v) for v in text.replace("x", ",").split(",") if v.strip())
+    if pair and len(values) == 1:  # --crop 713 means 713x713
+        values = values * 2
+    if pair and len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two values like 713,713, got {text!r}")
+    return values
+
+
+def build_parser(config_class=PSPNetConfig, presets=PRESETS):
+    """Flags for every field of config_class (default None = keep the preset's value)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="named recipe (default: the demo when no --data is given, else pspnet101_cityscapes_713)")
-    defaults = PSPNetConfig()
-    for field in dataclasses.fields(PSPNetConfig):
+    parser.add_argument("--preset", choices=sorted(presets), default=None,
+                        help="named recipe (default: the demo when no --data is given)")
+    defaults = config_class()
+    for field in dataclasses.fields(config_class):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
@@ -97,26 +155,27 @@ def build_parser():
         if isinstance(value, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(value, tuple):
-            cast = type(value[0])
-            parser.add_argument(flag, type=lambda t, c=cast: _parse_pair(t, c), default=None,
-                                help=f"pair, e.g. {value[0]},{value[1]} (preset value otherwise)")
+            cast, pair = type(value[0]), field.name in ("crop", "scale_range")
+            parser.add_argument(flag, type=lambda t, c=cast, p=pair: _parse_tuple(t, c, p), default=None,
+                                help=f"comma-separated, e.g. {','.join(map(str, value))} (preset value otherwise)")
         else:
             parser.add_argument(flag, type=type(value), default=None)
     return parser
 
 
-def resolve_config(args):
+def resolve_config(args, config_class=PSPNetConfig, presets=PRESETS, demo=DEMO_PRESET, full=None):
     """The preset named by --preset (or the default), with every flag that was given applied."""
-    name = args.preset or (DEMO_PRESET if not args.data else "pspnet101_cityscapes_713")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(PSPNetConfig)
+    full = full or next(name for name in presets if name != demo)
+    name = args.preset or (demo if not args.data else full)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
                  if f.name != "preset" and getattr(args, f.name, None) is not None}
-    config = dataclasses.replace(PRESETS[name], **overrides)
+    config = dataclasses.replace(presets[name], **overrides)
     if not config.out:
         config = dataclasses.replace(config, out=os.path.join("runs", config.preset))
     if config.strategy not in ("none", "mirrored", "multiworker"):
         raise SystemExit(f"--strategy must be none, mirrored or multiworker, got {config.strategy!r}")
     if not config.data:
-        raise SystemExit("--data is required: the Cityscapes root (or, with --tfds, the folder with the zips)")
+        raise SystemExit("--data is required: the dataset root (python train.py --help)")
     return config
 
 
@@ -263,22 +322,11 @@ def train_pspnet(config, strategy=None):
     good checkpoint stays as it was).
     """
     import keras
-    import tensorflow as tf
 
     import losses  # noqa: F401  (registers the loss classes that a resumed checkpoint names)
-    from models.training import LAST_CHECKPOINT, RunDirError, prepare_run_dir, standard_callbacks
+    from models.training import LAST_CHECKPOINT, standard_callbacks
 
-    strategy = strategy or make_strategy(config.strategy)
-    if config.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(config.seed)
-    try:
-        state = prepare_run_dir(config.out, config.resume)
-    except RunDirError as error:
-        raise SystemExit(str(error))
-    with open(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    strategy, state = _start_run(config, strategy)
 
     num_train = count_train_images(config)
     if num_train is None:  # TFDS: build it first, then count
@@ -404,16 +452,123 @@ def run_demo(config):
     return metrics
 
 
+def _start_run(config, strategy):
+    """Common start of a run: strategy, precision policy, seed, run folder (with config.json); returns (strategy, state)."""
+    import keras
+    import tensorflow as tf
+
+    from models.training import RunDirError, prepare_run_dir
+
+    strategy = strategy or make_strategy(config.strategy)
+    if config.mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(config.seed)
+    try:
+        state = prepare_run_dir(config.out, config.resume)
+    except RunDirError as error:
+        raise SystemExit(str(error))
+    with open(os.path.join(config.out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+    return strategy, state
+
+
+def read_coco_split(config, split):
+    """data.coco.read_coco with one-line errors for a wrong --data."""
+    from data import coco
+
+    try:
+        return coco.read_coco(config.data, split, skip_images_without_annotations=config.skip_empty_images)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--data {config.data}: {error}")
+
+
+def train_mask_head(config, strategy=None):
+    """Trains (or resumes) the Mask R-CNN class and mask heads; returns the run folder.
+
+    Loss: the shared losses.mask_rcnn_mask_loss (positive RoIs, ground-truth class channel, BCE from
+    logits) + softmax class loss, both exact global means under tf.distribute (MaskHeadTrainer).
+    Best checkpoint by val_loss on the ground-truth boxes; evaluate.py scores mask AP.
+    """
+    import keras
+
+    import losses  # noqa: F401  (registers what a resumed checkpoint names)
+    from data import coco
+    from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model
+    from models.training import LAST_CHECKPOINT, SegmentationSGD, WarmupStepDecay, standard_callbacks
+
+    if config.stage != "mask_head":
+        raise SystemExit(f"--stage {config.stage}: only mask_head exists so far (the RPN and box head come next)")
+    if config.strategy == "multiworker":
+        raise SystemExit("--strategy multiworker: the mask-head stage supports none and mirrored for now")
+    strategy, state = _start_run(config, strategy)
+    train_split, val_split = read_coco_split(config, "train"), read_coco_split(config, "val")
+    print(f"COCO train: {train_split.summary()}; val: {val_split.summary()}")
+    sizes = dict(short_side=config.short_side, long_side=config.long_side)
+    train_data = coco.make_dataset(train_split, batch_size=config.batch_size, training=True, seed=config.seed,
+                                   **sizes)
+    val_data = coco.make_dataset(val_split, batch_size=config.batch_size, training=False, **sizes)
+    epochs = -(-config.steps // config.steps_per_epoch)
+    initial_epoch = state["epochs_done"] if state else 0
+    with strategy.scope():
+        if state:
+            trainer = keras.saving.load_model(os.path.join(config.out, LAST_CHECKPOINT))
+        else:
+            network = build_mask_head_model(
+                train_split.categories.num_classes, depth=config.depth, base_width=config.base_width,
+                fpn_channels=config.fpn_channels, head_channels=config.head_channels, fc_units=config.fc_units,
+                freeze_backbone=config.freeze_backbone, sync_bn=strategy.num_replicas_in_sync > 1)
+            trainer = MaskHeadTrainer(network, num_rois=config.num_rois, positive_fraction=config.positive_fraction,
+                                      seed=config.seed)
+            schedule = WarmupStepDecay(config.lr, milestones=config.milestones, warmup_steps=config.warmup_steps)
+            trainer.compile(optimizer=SegmentationSGD(schedule, momentum=config.momentum, l2=config.weight_decay),
+                            jit_compile=config.jit_compile)
+    print(f"training {config.preset}: {epochs} epochs x {config.steps_per_epoch} steps (batch {config.batch_size}); "
+          f"starting at epoch {initial_epoch + 1}; run folder {config.out}")
+    callbacks, guard = standard_callbacks(config.out, monitor="val_loss", mode="min", keep=config.keep_checkpoints,
+                                          initial_state=state)
+    if initial_epoch < epochs:
+        trainer.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=config.steps_per_epoch,
+                    validation_data=val_data, callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    if guard.failed_at is not None:
+        raise SystemExit(guard.message(config.out))
+    return config.out
+
+
+def run_mask_head_demo(config):
+    """`make demo-maskrcnn`: COCO-format sample (generated once), train the heads, oracle-box mask AP."""
+    import evaluate
+    from data.synthetic_coco import write_coco_sample
+
+    if not os.path.isdir(os.path.join(config.data, "annotations")):
+        print(f"writing the built-in COCO-format sample to {config.data}")
+        write_coco_sample(config.data, num_train=48, num_val=16, size=(256, 320), seed=0)
+    run_dir = train_mask_head(config)
+    eval_dir = os.path.join(run_dir, "eval")
+    metrics = evaluate.main(["--model", "mask_rcnn", "--boxes", "gt", "--checkpoint",
+                             os.path.join(run_dir, "last.keras"), "--data", config.data, "--split", "val",
+                             "--out", eval_dir, "--overwrite"])
+    print("\ndemo finished:")
+    print(f"  oracle-box segm AP  {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
+    print(f"  checkpoints, curves {run_dir}/")
+    print(f"  evaluation          {eval_dir}/ (metrics.json, segm_results.json)")
+    return metrics
+
+
 def main(argv=None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
+    known, _ = pre.parse_known_args(argv)
+    if known.model == "mask_rcnn":
+        args = build_parser(MaskHeadConfig, MASK_PRESETS).parse_args(argv)
+        config = resolve_config(args, MaskHeadConfig, MASK_PRESETS, MASK_DEMO_PRESET)
+        print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
+        run_mask_head_demo(config) if config.preset == MASK_DEMO_PRESET else train_mask_head(config)
+        return 0
     args = build_parser().parse_args(argv)
-    if args.model == "mask_rcnn":
-        return train_mask_rcnn(argv)
     config = resolve_config(args)
     print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
-    if config.preset == DEMO_PRESET:
-        run_demo(config)
-    else:
-        train_pspnet(config)
+    run_demo(config) if config.preset == DEMO_PRESET else train_pspnet(config)
     return 0
 
 

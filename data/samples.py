@@ -47,7 +47,10 @@ def main(argv=None):
         from data.synthetic_cityscapes import write_cityscapes_sample as write
     else:
         from data.synthetic_coco import write_coco_sample as write
-    write(args.out_dir, num_train=num_train, num_val=num_val, size=size, seed=args.seed)
+    try:
+        write(args.out_dir, num_train=num_train, num_val=num_val, size=size, seed=args.seed)
+    except FileExistsError as error:  # never write over a dataset that is there
+        parser.exit(2, f"{parser.prog}: {error}\n")
     print(f"wrote {args.dataset} sample ({num_train} train, {num_val} val, {size[0]}x{size[1]}) to {args.out_dir}")
 
 
