@@ -235,8 +235,8 @@ def test_train_pipeline_batches_aligned_augmented_crops(tmp_path):
     assert total > 1000 and matched / total > 0.95
 
 
-def test_train_pipeline_feeds_two_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_train_pipeline_feeds_two_replicas(two_replica_strategy):
+    strategy = two_replica_strategy  # one per process: see tests/conftest.py
     scenes = {i: _painted_scene((16, 16), seed=n) for n, i in enumerate(IDS)}
 
     def dataset_fn(ctx):

@@ -79,7 +79,7 @@ def _numpy_head_losses(class_logits, mask_logits, class_ids, masks, valid):
     return bce.mean(), class_loss
 
 
-def test_head_losses_match_numpy_and_are_exact_under_two_replicas():
+def test_head_losses_match_numpy_and_are_exact_under_two_replicas(two_replica_strategy):
     rng = np.random.default_rng(0)
     b, r, k = 4, 6, 3
     outputs = {"class_logits": rng.normal(size=(b, r, k + 1)).astype(np.float32),
@@ -97,7 +97,7 @@ def test_head_losses_match_numpy_and_are_exact_under_two_replicas():
     np.testing.assert_allclose(single["mask_loss"], mask_ref, rtol=1e-5)
     np.testing.assert_allclose(single["class_loss"], class_ref, rtol=1e-5)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replica_strategy  # one per process: see tests/conftest.py
     halves = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.nest.map_structure(lambda x: x[2 * ctx.replica_id_in_sync_group:][:2], (outputs, targets)))
     per_replica = strategy.run(lambda pair: head_losses(*pair), args=(halves,))

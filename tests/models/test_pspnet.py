@@ -8,6 +8,7 @@ import tensorflow as tf
 from models import build_pspnet, inference_model
 from models.layers import AdaptiveAveragePooling2D, ResizeLike
 from models.pspnet import head_layer_names
+from models.resnet import INPUT_STD
 
 
 def _tiny(num_classes=5, aux=True, **kwargs):
@@ -171,8 +172,8 @@ def test_mixed_precision_gives_float32_logits_and_finite_gradients(mixed_policy)
     assert out["main"].shape == (2, 45, 39, 4)
 
 
-def test_sync_bn_runs_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_sync_bn_runs_under_mirrored_strategy(two_replica_strategy):
+    strategy = two_replica_strategy  # one per process: see tests/conftest.py
     with strategy.scope():
         model = _tiny(3, sync_bn=True)
     layers = model.get_layer("backbone").layers + model.layers
@@ -204,8 +205,11 @@ def test_backbone_weights_path_loads_keras_applications_resnet50(tmp_path):
     source.save_weights(path)
     model = build_pspnet(19, "resnet50", stem="standard", backbone_weights=path)
     backbone = model.get_layer("backbone")
-    for name in ["conv1_conv", "conv4_block6_2_conv", "conv5_block3_3_conv"]:
+    for name in ["conv4_block6_2_conv", "conv5_block3_3_conv"]:
         np.testing.assert_array_equal(backbone.get_layer(name).kernel.numpy(), source.get_layer(name).kernel.numpy())
+    # conv1 takes RGB normalised by INPUT_STD instead of caffe BGR: channels reversed, scaled by the std
+    folded = source.get_layer("conv1_conv").kernel.numpy()[:, :, ::-1, :] * np.array(INPUT_STD)[None, None, :, None]
+    np.testing.assert_allclose(backbone.get_layer("conv1_conv").kernel.numpy(), folded, rtol=1e-6)
     # dilated: stage 5 keeps 3x3 kernels (dilation 4) and stride 1
     assert backbone.get_layer("conv5_block1_2_conv").dilation_rate == (4, 4)
     assert backbone.get_layer("conv5_block1_1_conv").strides == (1, 1)

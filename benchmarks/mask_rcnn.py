@@ -1,0 +1,205 @@
+"""Mask R-CNN: multi-level RoIAlign, mask pasting (ours vs a per-instance PIL loop), the heads' training step
+and the heads model's inference.
+
+The RPN and box branch are not implemented yet (a later issue), so "inference"
+here is the heads model on given (oracle) boxes: backbone + FPN + RoIAlign +
+class and mask heads + class-picked masks. Full-detector figures come with
+the detector.
+"""
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from benchmarks.harness import Result, median_time
+from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model, paste_masks
+from models.roi_align import multilevel_roi_align, roi_levels
+from models.training import SegmentationSGD
+
+NUM_CLASSES = 80  # COCO
+
+
+def _config(quick):
+    """Sizes of every benchmark here; the full ones are the paper's (ResNet-50 FPN, 800 x 1333 images)."""
+    if quick:
+        return dict(model=dict(depth=18, base_width=16, fpn_channels=32, head_channels=32, fc_units=64),
+                    model_name="r18/w16", image=(128, 160), roi_image=(512, 640), roi_channels=32,
+                    num_rois_align=64, paste_image=(200, 300), num_paste=10, num_rois_train=16,
+                    max_instances=8, num_gt=3, infer_rois=10, repeats=2)
+    return dict(model=dict(depth=50), model_name="resnet50", image=(800, 1344), roi_image=(800, 1344),
+                roi_channels=256, num_rois_align=1000, paste_image=(800, 1333), num_paste=100, num_rois_train=64,
+                max_instances=100, num_gt=15, infer_rois=100, repeats=3)
+
+
+def random_boxes(rng, count, image_size, min_side=16.0, max_side=None):
+    """[count, 4] float32 (y1, x1, y2, x2) boxes of varied sizes inside the image.
+
+    Area-scale log-uniform in [min_side, max_side] (so every FPN level gets
+    some), aspect ratio (h / w) log-uniform in [1/2, 2], centre uniform; then
+    clipped to the image.
+    """
+    height, width = image_size
+    max_side = max_side or 0.75 * min(height, width)
+    side = np.exp(rng.uniform(np.log(min_side), np.log(max_side), count))
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0), count))
+    h, w = side * np.sqrt(aspect), side / np.sqrt(aspect)
+    cy, cx = rng.uniform(0, height, count), rng.uniform(0, width, count)
+    boxes = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=1)
+    boxes = np.clip(boxes, 0, [height, width, height, width])
+    return boxes.astype(np.float32)
+
+
+def paste_masks_loop(masks, boxes, image_size, threshold=0.5):
+    """The per-instance reference (Matterport's unmold_mask): resize each mask to its box with PIL, threshold,
+    and paste it into a zero canvas.
+
+    masks: [N, h, w] float32 probabilities; boxes: [N, 4] float (y1, x1, y2, x2) image pixels;
+    image_size: (H, W). Returns [N, H, W] bool.
+    """
+    height, width = image_size
+    out = np.zeros((len(masks), height, width), bool)
+    for i, (mask, box) in enumerate(zip(masks, boxes)):
+        y1, x1, y2, x2 = np.round(box).astype(int)
+        y1, x1 = max(y1, 0), max(x1, 0)
+        y2, x2 = min(max(y2, y1 + 1), height), min(max(x2, x1 + 1), width)
+        resized = Image.fromarray(np.asarray(mask, np.float32)).resize((x2 - x1, y2 - y1), Image.BILINEAR)
+        resized = np.asarray(resized)
+        out[i, y1:y2, x1:x2] = resized >= threshold
+    return out
+
+
+def _pyramid(rng, image_size, channels):
+    """Random P2..P5 maps of one image: [1, ceil(H / 2^k), ceil(W / 2^k), channels] float32."""
+    return [tf.constant(rng.normal(size=(1, -(-image_size[0] // 2 ** k), -(-image_size[1] // 2 ** k), channels))
+                        .astype(np.float32)) for k in range(2, 6)]
+
+
+def _roi_align_rows(cfg, rng):
+    height, width = cfg["roi_image"]
+    features = _pyramid(rng, cfg["roi_image"], cfg["roi_channels"])
+    count = cfg["num_rois_align"]
+    boxes = tf.constant(random_boxes(rng, count, (height, width))[None])
+    levels = np.bincount(np.asarray(roi_levels(boxes))[0] - 2, minlength=4)
+    results = []
+    for output_size in (7, 14):
+        for jit in (False, True):
+            fn = tf.function(lambda f, b, n=output_size: multilevel_roi_align(f, b, output_size=n),
+                             jit_compile=jit)
+            seconds = median_time(lambda: fn(features, boxes).numpy(), warmup=1, repeats=cfg["repeats"])
+            results.append(Result(
+                f"roi_align {output_size}x{output_size}{' jit' if jit else ''}",
+                f"{count} rois {height}x{width} c{cfg['roi_channels']}", seconds,
+                throughput=f"{count / seconds:.0f} RoIs/s",
+                note=f"P2..P5, sampling 2; RoIs per level P2..P5: {'/'.join(map(str, levels))}"))
+    return results
+
+
+def _paste_row(cfg, rng):
+    height, width = cfg["paste_image"]
+    count = cfg["num_paste"]
+    masks = rng.random((count, 28, 28)).astype(np.float32)
+    boxes = random_boxes(rng, count, (height, width))
+    masks_t, boxes_t = tf.constant(masks), tf.constant(boxes)
+    # Eager, as predict_oracle_masks calls it; .numpy() so both sides end with a NumPy [N, H, W] bool.
+    ours = median_time(lambda: paste_masks(masks_t, boxes_t, (height, width)).numpy(), warmup=1,
+                       repeats=cfg["repeats"])
+    loop = median_time(lambda: paste_masks_loop(masks, boxes, (height, width)), warmup=1, repeats=cfg["repeats"])
+    return [
+        Result("paste_masks[loop PIL]", f"{count}x28x28 -> {height}x{width}", loop,
+               throughput=f"{count / loop:.0f} masks/s", note="per instance: PIL bilinear resize + threshold + paste"),
+        Result("paste_masks[ours]", f"{count}x28x28 -> {height}x{width}", ours,
+               throughput=f"{count / ours:.0f} masks/s", ratio=loop / ours, target=">= 10",
+               note="loop time / ours (times faster); batched separable bilinear, eager"),
+    ]
+
+
+def synthetic_batch(rng, batch_size, image_size, max_instances, num_gt, mask_size=56):
+    """A batch as data.coco.make_dataset(training=True) yields it: num_gt instances per image, padded to
+    max_instances; images normalised-looking noise, masks random 0/1 crops."""
+    height, width = image_size
+    boxes = np.zeros((batch_size, max_instances, 4), np.float32)
+    class_ids = np.zeros((batch_size, max_instances), np.int32)
+    masks = np.zeros((batch_size, max_instances, mask_size, mask_size), np.uint8)
+    for b in range(batch_size):
+        boxes[b, :num_gt] = random_boxes(rng, num_gt, image_size, min_side=24.0)
+        class_ids[b, :num_gt] = rng.integers(1, NUM_CLASSES + 1, num_gt)
+        masks[b, :num_gt] = rng.random((num_gt, mask_size, mask_size)) < 0.5
+    sizes = np.tile(np.array([[height, width]], np.int32), (batch_size, 1))
+    return {
+        "image": tf.constant(rng.normal(size=(batch_size, height, width, 3)).astype(np.float32)),
+        "image_id": tf.range(batch_size, dtype=tf.int64),
+        "boxes": tf.constant(boxes), "class_ids": tf.constant(class_ids), "masks": tf.constant(masks),
+        "num_instances": tf.fill([batch_size], num_gt),
+        "crowd_boxes": tf.zeros((batch_size, max_instances, 4), tf.float32),
+        "image_size": tf.constant(sizes), "original_size": tf.constant(sizes),
+    }
+
+
+def _train_row(cfg, rng, network):
+    height, width = cfg["image"]
+    trainer = MaskHeadTrainer(network, num_rois=cfg["num_rois_train"], seed=0)
+    trainer.compile(optimizer=SegmentationSGD(0.02, momentum=0.9, l2=1e-4))
+    batch = synthetic_batch(rng, 2, cfg["image"], cfg["max_instances"], cfg["num_gt"])
+    # fit's own per-step path: Keras's compiled train_function over an iterator of batches (dicts).
+    # (train_on_batch wraps the batch as (x, None, None), which MaskHeadTrainer.train_step does not take.)
+    trainer.make_train_function()
+    train_function = trainer.train_function
+
+    def step():
+        logs = train_function(iter([batch]))
+        float(logs["loss"])
+
+    seconds = median_time(step, warmup=1, repeats=cfg["repeats"])
+    return Result("mask r-cnn heads train step", f"2x{height}x{width} {cfg['model_name']}", seconds,
+                  throughput=f"{2 / seconds:.2f} img/s",
+                  note=f"{cfg['num_rois_train']} RoIs/img sampled in-graph, {cfg['num_gt']} GT/img; "
+                       f"SegmentationSGD; s/step = median time")
+
+
+def _inference_function(network):
+    @tf.function(reduce_retracing=True)
+    def infer(image, rois):
+        out = network({"image": image, "rois": rois}, training=False)
+        return out["class_ids"], out["scores"], out["masks"]
+
+    return infer
+
+
+def _infer_row(cfg, rng, network):
+    height, width = cfg["image"]
+    count = cfg["infer_rois"]
+    image = tf.constant(rng.normal(size=(1, height, width, 3)).astype(np.float32))
+    rois = tf.constant(random_boxes(rng, count, (height, width))[None])
+    infer = _inference_function(network)
+    seconds = median_time(lambda: [t.numpy() for t in infer(image, rois)], warmup=1, repeats=cfg["repeats"])
+    return Result("heads inference (oracle boxes, no RPN)", f"1x{height}x{width} {cfg['model_name']}", seconds, throughput=f"{1 / seconds:.2f} img/s",
+                  note=f"{count} RoIs; backbone+FPN+RoIAlign+heads+class-picked masks, no pasting; "
+                       "full detector (RPN + box head) not implemented yet")
+
+
+def run(quick=False):
+    cfg = _config(quick)
+    rng = np.random.default_rng(0)
+    results = _roi_align_rows(cfg, rng)
+    results += _paste_row(cfg, rng)
+    network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
+    results.append(_train_row(cfg, rng, network))
+    results.append(_infer_row(cfg, rng, network))
+    return results
+
+
+def inference_probe(quick):
+    """One heads-model inference plus pasting of its masks, for the peak-RSS figure (benchmarks.memory).
+
+    Full: ResNet-50 FPN, one 800x1344 image with 100 RoIs, masks pasted into
+    800x1333; quick: ResNet-18 (base width 16), 128x160, 10 RoIs.
+    """
+    cfg = _config(quick)
+    rng = np.random.default_rng(0)
+    height, width = cfg["image"]
+    network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
+    image = tf.constant(rng.normal(size=(1, height, width, 3)).astype(np.float32))
+    rois = tf.constant(random_boxes(rng, cfg["infer_rois"], (height, width))[None])
+    class_ids, scores, masks = _inference_function(network)(image, rois)
+    original = cfg["paste_image"] if not quick else cfg["image"]
+    pasted = paste_masks(masks[0], rois[0], original).numpy()
+    return {"class_ids": class_ids.numpy(), "scores": scores.numpy(), "masks": pasted}
