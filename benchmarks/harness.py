@@ -1,0 +1,118 @@
+"""Timing, memory and FLOP-counting helpers shared by the benchmark modules."""
+import dataclasses
+import platform
+import resource
+import statistics
+import time
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of the table."""
+
+    name: str
+    size: str
+    seconds: float  # median time of one call
+    throughput: str = ""  # e.g. "12.3 img/s"
+    ratio: float = None  # the figure the target is about
+    target: str = ""  # e.g. "<= 1.05"
+    note: str = ""
+
+    def met(self):
+        if self.ratio is None or not self.target:
+            return None
+        op, value = self.target.split()
+        return self.ratio <= float(value) if op == "<=" else self.ratio >= float(value)
+
+
+# Fast calls are repeated until this many seconds have passed (0 in --quick mode: a smoke check).
+MIN_SECONDS = 1.0
+
+
+def median_time(fn, *, warmup=1, repeats=3, min_seconds=None, max_repeats=200):
+    """Median wall time of fn() after `warmup` calls; fn must block until done.
+
+    Runs at least `repeats` times and, for fast calls, keeps going until
+    `min_seconds` have passed (at most `max_repeats` runs): millisecond timings
+    need many samples for a stable median.
+    """
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
+    for _ in range(warmup):
+        fn()
+    times = []
+    started = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - started < min_seconds and len(times) < max_repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process's own memory so far (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that over from the parent across
+    fork and exec, so a subprocess of a big process reports the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_gflops(size=4096, repeats=3):
+    """GFLOP/s of a warmed-up float32 [size x size] @ [size x size] matmul (2 * size^3 FLOPs)."""
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    seconds = median_time(lambda: tf.matmul(a, b).numpy(), warmup=2, repeats=repeats)
+    return 2.0 * size ** 3 / seconds / 1e9
+
+
+def conv_flops(model):
+    """Forward FLOPs (2 x multiply-adds) of the Conv2D, Conv2DTranspose and Dense layers of a model.
+
+    The model must have a static input shape so every layer's output shape is
+    known; nested models are walked. Element-wise ops, pooling, BatchNorm and
+    resizes are left out (a few percent of a ResNet's work).
+    """
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += conv_flops(layer)
+            continue
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            kh, kw, cin, cout = layer.kernel.shape
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                # every input pixel scatters a kh x kw x cout patch
+                _, h, w, _ = layer.input.shape
+                total += 2 * h * w * kh * kw * cin * cout
+            else:
+                _, h, w, _ = layer.output.shape
+                total += 2 * h * w * kh * kw * cin * cout // getattr(layer, "groups", 1)
+        elif isinstance(layer, keras.layers.Dense):
+            din, dout = layer.kernel.shape
+            outputs = 1
+            for d in layer.output.shape[1:-1]:
+                outputs *= d
+            total += 2 * outputs * din * dout
+    return total
+
+
+def machine_description():
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
