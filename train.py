@@ -443,10 +443,10 @@ def run_demo(config):
     checkpoint = os.path.join(run_dir, "best.keras")
     eval_dir = os.path.join(run_dir, "eval")
     metrics = evaluate.main(["--model", "pspnet", "--checkpoint", checkpoint, "--data", config.data,
-                             "--split", "val", "--out", eval_dir])
+                             "--split", "val", "--out", eval_dir, "--overwrite"])  # the demo's own outputs
     predict_dir = os.path.join(run_dir, "predict")
     val_images = os.path.join(config.data, "leftImg8bit", "val")
-    predict.main(["--checkpoint", checkpoint, val_images, "--out", predict_dir])
+    predict.main(["--checkpoint", checkpoint, val_images, "--out", predict_dir, "--overwrite"])
     print("\ndemo finished:")
     print(f"  val mIoU            {metrics['mIoU']:.4f}")
     print(f"  checkpoints, curves {run_dir}/ (best.keras, curves.png, history.csv)")

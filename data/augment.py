@@ -8,8 +8,18 @@ Randomness is stateless: every random function takes `seed`, a [2] int32/int64
 tensor (see `tf.random.stateless_uniform`), so a pipeline that draws seeds from
 `tf.data.Dataset.random(seed)` is reproducible and each tf.data worker can run
 it in parallel without shared random state.
+
+normalize_image is here too: every dataset's pipeline feeds the models the same
+normalised images.
 """
 import tensorflow as tf
+
+from models.resnet import INPUT_MEAN, INPUT_STD
+
+
+def normalize_image(image):
+    """RGB image [..., 3] (uint8 or float in 0..255) -> float32 (x - INPUT_MEAN) / INPUT_STD, the models' input."""
+    return (tf.cast(image, tf.float32) - INPUT_MEAN) / INPUT_STD
 
 
 def resize_pair(image, label, size):

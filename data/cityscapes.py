@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from data import augment
+from data.augment import normalize_image  # noqa: F401  (part of this module's API)
 from models.resnet import INPUT_MEAN, INPUT_STD
 
 IGNORE_LABEL = 255
@@ -132,11 +133,6 @@ def to_label_ids(train_ids):
     Returns the same kind, shape and dtype.
     """
     return _lookup(_TO_LABEL_ID, train_ids, 0)
-
-
-def normalize_image(image):
-    """RGB image [..., 3] (uint8 or float in 0..255) -> float32 (x - IMAGE_MEAN) / IMAGE_STD."""
-    return (tf.cast(image, tf.float32) - IMAGE_MEAN) / IMAGE_STD
 
 
 Example = collections.namedtuple("Example", ["id", "image_path", "label_path"])

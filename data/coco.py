@@ -30,7 +30,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 # The same ImageNet normalisation as the Cityscapes pipeline.
-from data.cityscapes import normalize_image
+from data.augment import normalize_image
 
 log = logging.getLogger(__name__)
 
