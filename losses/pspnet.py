@@ -8,7 +8,9 @@ The function below follows those steps. Step 2 keeps the selection as a 0/1
 weight instead of a `tf.gather` with a data-dependent index list: the value and
 gradient are identical, but shapes stay static (XLA can compile it, and the
 gradient is a dense multiply instead of a scatter), and the sum and count stay
-available for an exact global mean under tf.distribute.
+available for an exact global mean under tf.distribute. Step 3 is the sparse
+softmax cross-entropy written as logsumexp minus the label's logit, with its
+gradient spelled out (see _weighted_softmax_cross_entropy_sum for why).
 """
 import keras
 import tensorflow as tf
@@ -76,9 +78,29 @@ def pixelwise_softmax_sum_and_count(labels, logits, num_classes, ignore_label=25
     gt = tf.where(valid, raw_gt, tf.zeros_like(raw_gt))
     weight = tf.cast(valid, tf.float32)
 
-    # Step 3: pixelwise softmax cross-entropy.
-    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=gt, logits=raw_prediction)
-    return tf.reduce_sum(per_pixel * weight), tf.reduce_sum(weight)
+    # Step 3: pixelwise softmax cross-entropy, summed over the selected pixels.
+    return _weighted_softmax_cross_entropy_sum(raw_prediction, gt, weight), tf.reduce_sum(weight)
+
+
+@tf.custom_gradient
+def _weighted_softmax_cross_entropy_sum(logits, labels, weight):
+    """sum_i weight_i * (logsumexp(logits_i) - logits_i[labels_i]); logits [N, C] float32, labels [N] int32.
+
+    The same value and gradient as tf.nn.sparse_softmax_cross_entropy_with_logits, but that fused op
+    also computes and writes its [N, C] gradient in the forward pass. Here the forward pass is one
+    stable logsumexp and the gradient, (softmax - one_hot) * weight, is computed only when asked
+    for: 3x faster forward and 1.4x faster forward+backward (BENCHMARKS.md).
+    """
+    log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
+    label_logits = tf.gather(logits, labels, axis=1, batch_dims=1)
+    total = tf.reduce_sum((log_normalizer - label_logits) * weight)
+
+    def gradient(upstream):
+        probabilities = tf.exp(logits - log_normalizer[:, None])
+        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+        return (probabilities - one_hot) * (weight * upstream)[:, None], None, None
+
+    return total, gradient
 
 
 def pixelwise_softmax_loss(labels, logits, num_classes, ignore_label=255, upsample_logits=False):
