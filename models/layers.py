@@ -71,3 +71,35 @@ class ResizeLike(keras.layers.Layer):
     def compute_output_shape(self, input_shapes):
         x_shape, reference_shape = input_shapes
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="models")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization whose training step uses TensorFlow's fused kernel.
+
+    Keras 3 normalises with separate moments / subtract / multiply ops in
+    training; the fused kernel (oneDNN on CPU, cuDNN on GPU) does statistics,
+    normalisation and the moving-average update in one op and is 10% faster for
+    a whole PSPNet-50 training step (BENCHMARKS.md). Same weights, config and
+    inference path as the Keras layer. Normalisation uses the biased batch
+    variance, as Keras does; the moving variance takes the kernel's batch
+    variance: biased on oneDNN (as Keras), Bessel-corrected (n / (n - 1)) on TF's
+    generic and GPU kernels (as cuDNN and PyTorch), a difference below 0.1% once
+    batch x height x width is in the thousands.
+    Synchronized (cross-replica) BN, frozen layers and non-float32 inputs use the
+    Keras path unchanged.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fusable = (training and self.trainable and not self.synchronized and self.axis == [inputs.shape.rank - 1]
+                   and inputs.dtype == tf.float32 and inputs.shape.rank == 4)
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma.value, self.beta.value, mean=self.moving_mean.value,
+            variance=self.moving_variance.value, epsilon=self.epsilon, is_training=True,
+            exponential_avg_factor=1.0 - self.momentum)
+        # With exponential_avg_factor the kernel returns the updated moving statistics.
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return outputs

@@ -24,6 +24,8 @@ weights, the stride-8 C5 taken at every 4th pixel equals the stride-32 C5
 """
 import keras
 
+from models.layers import FusedBatchNormalization
+
 # Keras Applications' value, so its ImageNet BN statistics transfer unchanged
 # (PyTorch/Caffe use 1e-5: the difference is immaterial).
 BN_EPSILON = 1.001e-5
@@ -56,10 +58,8 @@ _STRIDES = {
 
 
 def batch_norm(name, sync_bn=False):
-    """The project's BatchNormalization (synchronized across replicas when asked)."""
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync_bn, name=name
-    )
+    """The project's BatchNormalization: fused kernel in training, synchronized across replicas when asked."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync_bn, name=name)
 
 
 def conv_bn(x, filters, kernel_size, name, *, stride=1, dilation=1, relu=True, sync_bn=False):
