@@ -77,23 +77,30 @@ class ResizeLike(keras.layers.Layer):
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization whose training step uses TensorFlow's fused kernel.
 
-    Keras 3 normalises with separate moments / subtract / multiply ops in
-    training; the fused kernel (oneDNN on CPU, cuDNN on GPU) does statistics,
-    normalisation and the moving-average update in one op and is 10% faster for
-    a whole PSPNet-50 training step (BENCHMARKS.md). Same weights, config and
-    inference path as the Keras layer. Normalisation uses the biased batch
+    Keras 3 normalises with separate moments / subtract / multiply ops; the
+    fused kernel (oneDNN on CPU, cuDNN on GPU) does statistics, normalisation
+    and the moving-average update in one op, 8% faster for a whole PSPNet-50
+    training step (BENCHMARKS.md); in inference it is one op with the moving
+    statistics. Same weights, config and results as the Keras layer. Normalisation uses the biased batch
     variance, as Keras does; the moving variance takes the kernel's batch
     variance: biased on oneDNN (as Keras), Bessel-corrected (n / (n - 1)) on TF's
     generic and GPU kernels (as cuDNN and PyTorch), a difference below 0.1% once
     batch x height x width is in the thousands.
-    Synchronized (cross-replica) BN, frozen layers and non-float32 inputs use the
+    Synchronized (cross-replica) BN in training and non-float32 inputs use the
     Keras path unchanged.
     """
 
     def call(self, inputs, training=None, mask=None):
-        fusable = (training and self.trainable and not self.synchronized and self.axis == [inputs.shape.rank - 1]
-                   and inputs.dtype == tf.float32 and inputs.shape.rank == 4)
-        if not fusable:
+        if not (inputs.shape.rank == 4 and self.axis in (-1, 3) and inputs.dtype == tf.float32):
+            return super().call(inputs, training=training, mask=mask)
+        if not training or not self.trainable:
+            # Inference: one op with the moving statistics, which TensorFlow's graph optimizer
+            # can also fold into the preceding convolution.
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, self.gamma.value, self.beta.value, mean=self.moving_mean.value,
+                variance=self.moving_variance.value, epsilon=self.epsilon, is_training=False)
+            return outputs
+        if self.synchronized:
             return super().call(inputs, training=training, mask=mask)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, self.gamma.value, self.beta.value, mean=self.moving_mean.value,

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import train
@@ -123,6 +122,5 @@ def test_nan_loss_ends_with_a_clear_message(cityscapes_root, tmp_path):
     out = str(tmp_path / "nan")
     with pytest.raises(SystemExit, match="loss became nan"):
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
-                    "--epochs", "1", "--lr", "1e30"] + TINY)
+                    "--epochs", "1", "--lr", "inf"] + TINY)  # the first step makes every weight non-finite
     assert not os.path.exists(os.path.join(out, "last.keras"))
-    assert np.isfinite(1.0)
