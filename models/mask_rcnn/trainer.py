@@ -86,7 +86,13 @@ class MaskHeadTrainer(keras.Model):
         self.trackers["class_accuracy"].update_state(parts["accuracy"])
         return loss
 
+    @staticmethod
+    def _batch(data):
+        # fit/evaluate pass the dataset's dict itself; train_on_batch/test_on_batch wrap it as (x, y, sample_weight).
+        return data[0] if isinstance(data, tuple) else data
+
     def train_step(self, data):
+        data = self._batch(data)
         sampled = sample_rois(data["boxes"], data["class_ids"], data["image_size"], num_rois=self.num_rois,
                               positive_fraction=self.positive_fraction, crowd_boxes=data.get("crowd_boxes"),
                               seed=self.seed_generator)
@@ -98,6 +104,7 @@ class MaskHeadTrainer(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def test_step(self, data):
+        data = self._batch(data)
         class_ids = tf.cast(data["class_ids"], tf.int32)
         sampled = {"rois": data["boxes"], "class_ids": class_ids, "valid": class_ids > 0,
                    "gt_index": tf.broadcast_to(tf.range(tf.shape(class_ids)[1]), tf.shape(class_ids))}

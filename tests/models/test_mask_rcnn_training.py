@@ -158,3 +158,13 @@ def test_whole_train_step_compiles_under_xla(sample):
     assert trainer.jit_compile  # Keras did not fall back to plain graphs
     logs = trainer.fit(train_ds, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False).history
     assert np.isfinite(logs["loss"][-1]) and logs["mask_loss"][-1] > 0
+
+
+def test_train_on_batch_and_test_on_batch_take_one_dataset_batch(sample):
+    train_ds, val_ds = _datasets(sample)
+    trainer = MaskHeadTrainer(build_mask_head_model(sample[0].categories.num_classes, **TINY), num_rois=8, seed=0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.001))
+    logs = trainer.train_on_batch(next(iter(train_ds)), return_dict=True)
+    assert set(logs) == {"loss", "mask_loss", "class_loss", "class_accuracy"} and np.isfinite(logs["loss"])
+    logs = trainer.test_on_batch(next(iter(val_ds)), return_dict=True)
+    assert np.isfinite(logs["mask_loss"]) and 0.0 <= logs["class_accuracy"] <= 1.0
