@@ -434,11 +434,10 @@ def run_demo(config):
     """`make demo`: sample data (generated once), train, evaluate, predict; prints where everything is."""
     import evaluate
     import predict
-    from data.synthetic_cityscapes import write_cityscapes_sample
+    from data import samples
 
     if not os.path.isdir(os.path.join(config.data, "leftImg8bit")):
-        print(f"writing the built-in Cityscapes-format sample to {config.data}")
-        write_cityscapes_sample(config.data, num_train=24, num_val=8, size=(256, 512), seed=0)
+        samples.main(["cityscapes", config.data])  # the built-in sample, at its default size
     run_dir = train_pspnet(config)
     checkpoint = os.path.join(run_dir, "best.keras")
     eval_dir = os.path.join(run_dir, "eval")
@@ -541,11 +540,10 @@ def train_mask_head(config, strategy=None):
 def run_mask_head_demo(config):
     """`make demo-maskrcnn`: COCO-format sample (generated once), train the heads, oracle-box mask AP."""
     import evaluate
-    from data.synthetic_coco import write_coco_sample
+    from data import samples
 
     if not os.path.isdir(os.path.join(config.data, "annotations")):
-        print(f"writing the built-in COCO-format sample to {config.data}")
-        write_coco_sample(config.data, num_train=48, num_val=16, size=(256, 320), seed=0)
+        samples.main(["coco", config.data])  # the built-in sample, at its default size
     run_dir = train_mask_head(config)
     eval_dir = os.path.join(run_dir, "eval")
     metrics = evaluate.main(["--model", "mask_rcnn", "--boxes", "gt", "--checkpoint",

@@ -30,6 +30,10 @@ def _compiled_training_model(backbone, base_width, jit_compile):
     return model
 
 
+def _train_step_seconds(model, x, y, repeats):
+    return median_time(lambda: model.train_on_batch(x, {"main": y, "aux": y}), warmup=1, repeats=repeats)
+
+
 def run(quick=False):
     backbone, base_width = ("resnet18", 8) if quick else ("resnet50", 64)
     batch, crop = (2, (64, 64)) if quick else (2, (473, 473))
@@ -47,13 +51,11 @@ def run(quick=False):
     # training ~ 3 forward passes (forward, and backward for activations and for weights)
     train_flops = 3 * batch * forward_flops(backbone, base_width, crop)
     for jit in (False, True):
-        model = _compiled_training_model(backbone, base_width, jit)
-        seconds = median_time(lambda: model.train_on_batch(x, {"main": y, "aux": y}), warmup=1, repeats=repeats)
+        seconds = _train_step_seconds(_compiled_training_model(backbone, base_width, jit), x, y, repeats)
         rate = train_flops / seconds / 1e9
         results.append(Result(f"{name} train step{' jit' if jit else ''}", f"{batch}x{crop[0]}x{crop[1]}", seconds,
                               throughput=f"{batch / seconds:.2f} img/s", ratio=rate / matmul, target=">= 0.7",
                               note=f"{rate:.1f} GFLOP/s of {train_flops / 1e9:.0f} GFLOP / matmul rate"))
-        del model
 
     infer = inference_model(build_pspnet(NUM_CLASSES, backbone=backbone, base_width=base_width))
     image = tf.constant(rng.normal(size=(1,) + whole + (3,)).astype(np.float32))

@@ -186,15 +186,13 @@ class RunCheckpoints(keras.callbacks.Callback):
     (last.keras and best.keras always are).
     """
 
-    def __init__(self, run_dir, guard, monitor="val_miou", mode="max", keep=3, steps_per_epoch=None,
-                 initial_state=None, is_chief=True):
+    def __init__(self, run_dir, guard, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True):
         super().__init__()
         self.run_dir = run_dir
         self.guard = guard
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         self.keep = keep
-        self.steps_per_epoch = steps_per_epoch
         self.best = (initial_state or {}).get("best")
         self.is_chief = is_chief
 
