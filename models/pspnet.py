@@ -5,8 +5,10 @@ channel count scales with base_width / 64):
 
   images [B, H, W, 3] -> backbone (nested keras.Model named "backbone")
   C5 [B, h, w, 2048] -> for each bin b: adaptive average pool to b x b,
-      1x1 conv 512 + BN + ReLU, bilinear resize to h x w  ("ppm{b}_*")
-  concat [C5, 4 branches] (4096) -> 3x3 conv 512 + BN + ReLU + dropout
+      1x1 conv 512 + BN + ReLU  ("ppm{b}_*")
+  3x3 conv 512 of concat [C5, the 4 branches resized bilinearly to h x w]
+      (4096 channels; "head_conv", a PyramidConv2D that computes exactly
+      that without building the concat) + BN + ReLU + dropout
       + 1x1 classifier  ("head_*") -> bilinear resize to H x W  ("logits")
   C4 [B, h, w, 1024] (last block of stage 4, res4b22 in ResNet-101)
       -> 3x3 conv 256 + BN + ReLU + dropout + 1x1 classifier ("aux_*")
@@ -20,14 +22,13 @@ converted to that convention when loaded (models.resnet.load_imagenet_weights).
 """
 import keras
 
-from models.layers import AdaptiveAveragePooling2D, ResizeLike
-from models.resnet import build_resnet, conv_bn, load_imagenet_weights
+from models.layers import AdaptiveAveragePooling2D, PyramidConv2D, ResizeLike
+from models.resnet import batch_norm, build_resnet, conv_bn, load_imagenet_weights
 
 BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 
 
-def _classifier(x, num_classes, hidden, dropout, name, sync_bn):
-    x = conv_bn(x, hidden, 3, name, sync_bn=sync_bn)
+def _classifier(x, num_classes, dropout, name):
     x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return keras.layers.Conv2D(num_classes, 1, dtype="float32", name=f"{name}_classifier")(x)
 
@@ -92,16 +93,18 @@ def build_pspnet(
     pyramid = [c5]
     for b in bins:
         y = AdaptiveAveragePooling2D(b, name=f"ppm{b}_pool")(c5)
-        y = conv_bn(y, branch_channels, 1, f"ppm{b}", sync_bn=sync_bn)
-        pyramid.append(ResizeLike(name=f"ppm{b}_resize")([y, c5]))
-    x = keras.layers.Concatenate(name="ppm_concat")(pyramid)
-    logits = _classifier(x, num_classes, 8 * base_width, dropout, "head", sync_bn)
+        pyramid.append(conv_bn(y, branch_channels, 1, f"ppm{b}", sync_bn=sync_bn))
+    x = PyramidConv2D(8 * base_width, 3, name="head_conv")(pyramid)
+    x = batch_norm("head_bn", sync_bn)(x)
+    x = keras.layers.ReLU(name="head_relu")(x)
+    logits = _classifier(x, num_classes, dropout, "head")
     main = ResizeLike(dtype="float32", name="logits")([logits, images])
     name = name or f"pspnet_{backbone}"
     if not aux:
         return keras.Model(images, main, name=name)
 
-    aux_logits = _classifier(features["C4"], num_classes, 4 * base_width, dropout, "aux", sync_bn)
+    aux_hidden = conv_bn(features["C4"], 4 * base_width, 3, "aux", sync_bn=sync_bn)
+    aux_logits = _classifier(aux_hidden, num_classes, dropout, "aux")
     aux_out = ResizeLike(dtype="float32", name="aux_logits")([aux_logits, images])
     return keras.Model(images, {"main": main, "aux": aux_out}, name=name)
 
