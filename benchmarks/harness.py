@@ -71,21 +71,38 @@ def matmul_gflops(size=4096, repeats=3):
     return 2.0 * size ** 3 / seconds / 1e9
 
 
-def conv_flops(model):
-    """Forward FLOPs (2 x multiply-adds) of the Conv2D, Conv2DTranspose and Dense layers of a model.
+def conv_flops(model, executed=False):
+    """Forward FLOPs (2 x multiply-adds) of the Conv2D, Conv2DTranspose, PyramidConv2D and Dense layers of a model.
 
     The model must have a static input shape so every layer's output shape is
     known; nested models are walked. Element-wise ops, pooling, BatchNorm and
     resizes are left out (a few percent of a ResNet's work).
+    executed=False counts a PyramidConv2D as the convolution it is equivalent to
+    (the nominal count, as the issue's 323 / 728 GFLOP figures); executed=True
+    counts what it runs (the convolution over its first input plus the
+    factorised branch einsums).
     """
     import keras
+
+    from models.layers import PyramidConv2D
 
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += conv_flops(layer)
+            total += conv_flops(layer, executed)
             continue
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+        if isinstance(layer, PyramidConv2D):
+            k, f = layer.kernel_size, layer.filters
+            _, h, w, _ = layer.output.shape
+            if not executed:
+                total += 2 * h * w * k * k * sum(layer.split_sizes) * f
+                continue
+            total += 2 * h * w * k * k * layer.split_sizes[0] * f
+            for branch in layer.input[1:]:
+                _, bh, bw, c = branch.shape
+                # taps, then along rows, then along columns (PyramidConv2D.call)
+                total += 2 * (k * k * bh * bw * c * f + k * k * h * bh * bw * f + k * h * w * bw * f)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             kh, kw, cin, cout = layer.kernel.shape
             if isinstance(layer, keras.layers.Conv2DTranspose):
                 # every input pixel scatters a kh x kw x cout patch
