@@ -9,6 +9,7 @@ the detector.
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from benchmarks.harness import Result, median_time
 from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model, paste_masks
@@ -48,23 +49,47 @@ def random_boxes(rng, count, image_size, min_side=16.0, max_side=None):
     return boxes.astype(np.float32)
 
 
+def _paste_one_pil(mask, box, image_size, threshold):
+    """One instance as Matterport's unmold_mask pastes it: the box rounded to whole pixels (at least 1 x 1,
+    clipped to the image), the mask resized to it with PIL bilinear, thresholded.
+
+    Returns (y1, x1, y2, x2) ints and the [y2 - y1, x2 - x1] bool patch.
+    """
+    height, width = image_size
+    y1, x1, y2, x2 = np.round(box).astype(int)
+    y1, x1 = max(y1, 0), max(x1, 0)
+    y2, x2 = min(max(y2, y1 + 1), height), min(max(x2, x1 + 1), width)
+    resized = Image.fromarray(np.asarray(mask, np.float32)).resize((x2 - x1, y2 - y1), Image.BILINEAR)
+    return (y1, x1, y2, x2), np.asarray(resized) >= threshold
+
+
 def paste_masks_loop(masks, boxes, image_size, threshold=0.5):
-    """The per-instance reference (Matterport's unmold_mask): resize each mask to its box with PIL, threshold,
-    and paste it into a zero canvas.
+    """The per-instance reference to dense masks: each mask resized with PIL into its box and pasted
+    into a zero canvas.
 
     masks: [N, h, w] float32 probabilities; boxes: [N, 4] float (y1, x1, y2, x2) image pixels;
     image_size: (H, W). Returns [N, H, W] bool.
     """
-    height, width = image_size
-    out = np.zeros((len(masks), height, width), bool)
+    out = np.zeros((len(masks), *image_size), bool)
     for i, (mask, box) in enumerate(zip(masks, boxes)):
-        y1, x1, y2, x2 = np.round(box).astype(int)
-        y1, x1 = max(y1, 0), max(x1, 0)
-        y2, x2 = min(max(y2, y1 + 1), height), min(max(x2, x1 + 1), width)
-        resized = Image.fromarray(np.asarray(mask, np.float32)).resize((x2 - x1, y2 - y1), Image.BILINEAR)
-        resized = np.asarray(resized)
-        out[i, y1:y2, x1:x2] = resized >= threshold
+        (y1, x1, y2, x2), patch = _paste_one_pil(mask, box, image_size, threshold)
+        out[i, y1:y2, x1:x2] = patch
     return out
+
+
+def paste_masks_loop_rle(masks, boxes, image_size, threshold=0.5):
+    """The per-instance reference to COCO RLE (Matterport's unmold_mask + build_coco_results; Detectron2 on
+    CPU likewise): PIL resize into the box, paste into a full-image zero canvas, pycocotools encode.
+
+    Same arguments as paste_masks_loop. Returns a list of N {"size": [H, W], "counts": bytes}.
+    """
+    rles = []
+    for mask, box in zip(masks, boxes):
+        (y1, x1, y2, x2), patch = _paste_one_pil(mask, box, image_size, threshold)
+        canvas = np.zeros(image_size, np.uint8, order="F")
+        canvas[y1:y2, x1:x2] = patch
+        rles.append(mask_utils.encode(canvas))
+    return rles
 
 
 def _pyramid(rng, image_size, channels):
@@ -93,22 +118,36 @@ def _roi_align_rows(cfg, rng):
     return results
 
 
-def _paste_row(cfg, rng):
+def _paste_rows(cfg, rng):
     height, width = cfg["paste_image"]
     count = cfg["num_paste"]
+    size = f"{count}x28x28 -> {height}x{width}"
     masks = rng.random((count, 28, 28)).astype(np.float32)
     boxes = random_boxes(rng, count, (height, width))
+    # Tensors, as predict_oracle_masks hands the network's masks over.
     masks_t, boxes_t = tf.constant(masks), tf.constant(boxes)
-    # Eager, as predict_oracle_masks calls it; .numpy() so both sides end with a NumPy [N, H, W] bool.
-    ours = median_time(lambda: paste_masks(masks_t, boxes_t, (height, width)).numpy(), warmup=1,
-                       repeats=cfg["repeats"])
-    loop = median_time(lambda: paste_masks_loop(masks, boxes, (height, width)), warmup=1, repeats=cfg["repeats"])
+
+    def timed(fn):
+        return median_time(fn, warmup=1, repeats=cfg["repeats"])
+
+    # (a) To COCO RLE, what evaluation does with pasted masks.
+    loop_rle = timed(lambda: paste_masks_loop_rle(masks, boxes, (height, width)))
+    ours_rle = timed(lambda: paste_masks(masks_t, boxes_t, (height, width)).rle())
+    # (b) To a dense [N, H, W] bool array.
+    loop_dense = timed(lambda: paste_masks_loop(masks, boxes, (height, width)))
+    ours_dense = timed(lambda: paste_masks(masks_t, boxes_t, (height, width)).dense())
     return [
-        Result("paste_masks[loop PIL]", f"{count}x28x28 -> {height}x{width}", loop,
-               throughput=f"{count / loop:.0f} masks/s", note="per instance: PIL bilinear resize + threshold + paste"),
-        Result("paste_masks[ours]", f"{count}x28x28 -> {height}x{width}", ours,
-               throughput=f"{count / ours:.0f} masks/s", ratio=loop / ours, target=">= 10",
-               note="loop time / ours (times faster); batched separable bilinear, eager"),
+        Result("paste_masks->rle[loop PIL]", size, loop_rle, throughput=f"{count / loop_rle:.0f} masks/s",
+               note="per instance: PIL bilinear resize + threshold + paste into an HxW canvas + pycocotools encode"),
+        Result("paste_masks->rle[ours]", size, ours_rle, throughput=f"{count / ours_rle:.0f} masks/s",
+               ratio=loop_rle / ours_rle, target=">= 10",
+               note="loop time / ours (times faster); paste_masks(...).rle(): box windows only, RLE from the windows"),
+        Result("paste_masks->dense[loop PIL]", size, loop_dense, throughput=f"{count / loop_dense:.0f} masks/s",
+               note="per instance: PIL bilinear resize + threshold + paste into [N, H, W] zeros"),
+        Result("paste_masks->dense[ours]", size, ours_dense, throughput=f"{count / ours_dense:.0f} masks/s",
+               ratio=loop_dense / ours_dense,
+               note="loop time / ours (times faster), no target: paste_masks(...).dense(); filling [N, H, W] "
+                    "costs both sides the same"),
     ]
 
 
@@ -180,7 +219,7 @@ def run(quick=False):
     cfg = _config(quick)
     rng = np.random.default_rng(0)
     results = _roi_align_rows(cfg, rng)
-    results += _paste_row(cfg, rng)
+    results += _paste_rows(cfg, rng)
     network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
     results.append(_train_row(cfg, rng, network))
     results.append(_infer_row(cfg, rng, network))
@@ -188,7 +227,8 @@ def run(quick=False):
 
 
 def inference_probe(quick):
-    """One heads-model inference plus pasting of its masks, for the peak-RSS figure (benchmarks.memory).
+    """One heads-model inference plus pasting of its masks and their COCO RLEs (what evaluation keeps), for
+    the peak-RSS figure (benchmarks.memory).
 
     Full: ResNet-50 FPN, one 800x1344 image with 100 RoIs, masks pasted into
     800x1333; quick: ResNet-18 (base width 16), 128x160, 10 RoIs.
@@ -201,5 +241,5 @@ def inference_probe(quick):
     rois = tf.constant(random_boxes(rng, cfg["infer_rois"], (height, width))[None])
     class_ids, scores, masks = _inference_function(network)(image, rois)
     original = cfg["paste_image"] if not quick else cfg["image"]
-    pasted = paste_masks(masks[0], rois[0], original).numpy()
-    return {"class_ids": class_ids.numpy(), "scores": scores.numpy(), "masks": pasted}
+    pasted = paste_masks(masks[0], rois[0], original)
+    return {"class_ids": class_ids.numpy(), "scores": scores.numpy(), "masks": pasted, "rle": pasted.rle()}

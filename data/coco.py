@@ -318,17 +318,22 @@ def _flip_boxes(boxes, width):
 def segm_results(predictions, categories):
     """COCO segm results from per-image predictions.
 
-    predictions: iterable of dicts with image_id int, masks [N, H, W] 0/1 at
-    the original image size, class_ids [N] (contiguous 1..K), scores [N] float.
+    predictions: iterable of dicts with image_id int, masks at the original
+    image size (either [N, H, W] 0/1, or an object with an rle() method giving
+    the N COCO RLEs, such as models.mask_rcnn.PastedMasks), class_ids [N]
+    (contiguous 1..K), scores [N] float.
     Returns [{image_id, category_id (COCO id), segmentation {size, counts: str},
     score}], without a `bbox` key (it would make COCOeval size masks by box area).
     """
     results = []
     for p in predictions:
-        masks = np.asarray(p["masks"], np.uint8)
+        masks = p["masks"]
         if not len(masks):
             continue
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        if hasattr(masks, "rle"):  # duck-typed: data does not import models
+            rles = masks.rle()
+        else:
+            rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, np.uint8).transpose(1, 2, 0)))
         for rle, cat, score in zip(rles, categories.to_coco(p["class_ids"]), p["scores"]):
             results.append({"image_id": int(p["image_id"]), "category_id": int(cat),
                             "segmentation": {"size": [int(v) for v in rle["size"]],

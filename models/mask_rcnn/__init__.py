@@ -5,6 +5,7 @@ RoIs derived from the ground truth and are evaluated with oracle boxes.
 """
 from models.mask_rcnn.heads import ClassHead, MaskHead
 from models.mask_rcnn.inference import (
+    PastedMasks,
     PickMaskChannel,
     PredictClass,
     paste_masks,
@@ -16,7 +17,7 @@ from models.mask_rcnn.targets import box_iou, mask_targets, sample_rois
 from models.mask_rcnn.trainer import MaskHeadTrainer, head_losses
 
 __all__ = [
-    "ClassHead", "MaskHead", "MaskHeadTrainer", "PickMaskChannel", "PredictClass",
+    "ClassHead", "MaskHead", "MaskHeadTrainer", "PastedMasks", "PickMaskChannel", "PredictClass",
     "box_iou", "build_mask_head_model", "head_losses", "mask_targets", "paste_masks", "pick_mask_channel",
     "predict_oracle_masks", "sample_rois",
 ]

@@ -1,14 +1,23 @@
-"""Mask R-CNN inference: class prediction, class-picked masks, pasting masks into the image.
+"""Mask R-CNN inference: class prediction, class-picked masks, pasting masks into the image, their RLEs.
 
 References: hand-computed softmax/sigmoid values, a NumPy float64 paste written
 as Detectron2's GPU paste does it (bilinear sampling of the unpadded mask, zero
-outside it, at pixel centres), and boxes whose pasted pixels are known.
+outside it, at pixel centres), boxes whose pasted pixels are known, and
+pycocotools' encode of the dense masks.
 """
 import numpy as np
 import pytest
 import tensorflow as tf
+from pycocotools import mask as mask_utils
 
-from models.mask_rcnn.inference import PickMaskChannel, PredictClass, paste_masks, pick_mask_channel
+from models.mask_rcnn.inference import (
+    PastedMasks,
+    PickMaskChannel,
+    PredictClass,
+    _paste_values,
+    paste_masks,
+    pick_mask_channel,
+)
 
 
 def _softmax(x):
@@ -59,7 +68,7 @@ def test_paste_matches_reference():
     rng = np.random.default_rng(0)
     masks = rng.uniform(size=(4, 14, 10))
     boxes = np.array([[2.3, 3.1, 15.8, 20.4], [-4.0, -3.0, 9.5, 7.0], [10.0, 12.0, 30.0, 40.0], [5, 5, 6.5, 6.2]])
-    pasted = paste_masks(masks.astype(np.float32), boxes.astype(np.float32), (20, 24)).numpy()
+    pasted = paste_masks(masks.astype(np.float32), boxes.astype(np.float32), (20, 24)).dense()
     assert pasted.shape == (4, 20, 24) and pasted.dtype == bool
     for n in range(4):
         expected = _paste_reference(masks[n], boxes[n], 20, 24)
@@ -69,7 +78,7 @@ def test_paste_matches_reference():
 
 def test_full_mask_pastes_exactly_the_pixels_whose_centres_are_in_the_box():
     boxes = np.array([[2.0, 3.0, 6.0, 8.0], [1.2, 0.7, 9.8, 4.1]], np.float32)
-    pasted = paste_masks(np.ones((2, 28, 28), np.float32), boxes, (12, 10)).numpy()
+    pasted = paste_masks(np.ones((2, 28, 28), np.float32), boxes, (12, 10)).dense()
     centres_y, centres_x = np.arange(12) + 0.5, np.arange(10) + 0.5
     for box, got in zip(boxes, pasted):
         inside = ((centres_y >= box[0]) & (centres_y < box[2]))[:, None] & \
@@ -78,16 +87,119 @@ def test_full_mask_pastes_exactly_the_pixels_whose_centres_are_in_the_box():
 
 
 def test_paste_handles_no_instances_and_empty_boxes():
-    assert paste_masks(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), (5, 6)).shape == (0, 5, 6)
-    pasted = paste_masks(np.ones((1, 28, 28), np.float32), np.array([[3.0, 3.0, 3.0, 5.0]], np.float32), (8, 8))
-    assert not pasted.numpy().any()
+    none = paste_masks(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), (5, 6))
+    assert len(none) == 0 and none.dense().shape == (0, 5, 6) and none.rle() == []
+    pasted = paste_masks(np.ones((2, 28, 28), np.float32), np.array([[3.0, 3.0, 3.0, 5.0], [4, 6, 2, 7]], np.float32),
+                         (8, 8))
+    assert len(pasted) == 2 and not pasted.dense().any()
+    assert pasted.rle() == mask_utils.encode(np.zeros((8, 8, 2), np.uint8, order="F"))
 
 
-def test_paste_is_one_batched_computation():
-    """No per-instance Python loop: it traces once for any number of instances."""
-    traced = tf.function(lambda m, b: paste_masks(m, b, (16, 16)),
-                         input_signature=[tf.TensorSpec([None, 28, 28]), tf.TensorSpec([None, 4])])
-    for n in (1, 7):
-        out = traced(tf.ones([n, 28, 28]), tf.tile([[2.0, 2.0, 10.0, 12.0]], [n, 1]))
-        assert out.shape == (n, 16, 16)
-    assert traced.experimental_get_tracing_count() == 1
+def _paste_values_reference(mask, box, height, width):
+    """float64 [H, W]: the whole image, every pixel centre sampled bilinearly in the mask, 0 outside it.
+
+    Pixel r reads mask row index (r + 0.5 - y1) / (y2 - y1) * h - 0.5 with weight max(0, 1 - |index - i|) on
+    row i (same along x): the bordered-mask convention of paste_masks written the other way round.
+    """
+    h, w = mask.shape
+    y1, x1, y2, x2 = np.asarray(box, np.float64)
+    if y2 <= y1 or x2 <= x1:
+        return np.zeros((height, width))
+    rows = (np.arange(height) + 0.5 - y1) / (y2 - y1) * h - 0.5
+    cols = (np.arange(width) + 0.5 - x1) / (x2 - x1) * w - 0.5
+    wy = np.maximum(0.0, 1.0 - np.abs(rows[:, None] - np.arange(h)[None, :]))
+    wx = np.maximum(0.0, 1.0 - np.abs(cols[:, None] - np.arange(w)[None, :]))
+    return wy @ mask.astype(np.float64) @ wx.T
+
+
+def _random_boxes(rng, count, height, width):
+    """Boxes of every kind paste_masks must handle: fractional, crossing or past every image border,
+    whole-image and larger, thinner than a pixel, empty and inverted."""
+    y = np.sort(rng.uniform(-0.3 * height, 1.3 * height, (count, 2)), axis=1)
+    x = np.sort(rng.uniform(-0.3 * width, 1.3 * width, (count, 2)), axis=1)
+    boxes = np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], axis=1)
+    special = [[0, 0, height, width], [-3.5, -2.2, height + 4.1, width + 1.7], [2.2, 3.1, 2.6, 3.3],
+               [1.0, 1.0, 1.0, 6.0], [5.0, 4.0, 3.0, 9.0], [height + 2, 0, height + 9, width],
+               [-9, -9, -1.5, -2.5], [0.0, width - 1.2, height, width + 0.4], [height - 0.6, 0, height + 3, 4.5]]
+    return np.concatenate([boxes, special]).astype(np.float32)
+
+
+@pytest.mark.parametrize("mask_shape, image_size", [((28, 28), (37, 53)), ((14, 10), (20, 24)), ((5, 7), (9, 6))])
+def test_window_values_match_a_dense_float64_reference(mask_shape, image_size):
+    """Values on each window = the reference there; the reference is 0 off the window; the window is tight."""
+    rng = np.random.default_rng(sum(mask_shape))
+    height, width = image_size
+    boxes = _random_boxes(rng, 40, height, width)
+    # Strictly positive masks: every pixel with a non-zero weight has a non-zero value, so windows can be
+    # checked for tightness.
+    masks = rng.uniform(0.05, 1.0, (len(boxes), *mask_shape)).astype(np.float32)
+    pasted = list(_paste_values(masks, boxes, image_size))
+    assert len(pasted) == len(boxes)
+    for mask, box, (top, left, window) in zip(masks, boxes, pasted):
+        reference = _paste_values_reference(mask, box, height, width)
+        rows, cols = window.shape
+        assert window.dtype == np.float32 and 0 <= top and top + rows <= height and 0 <= left
+        assert left + cols <= width
+        np.testing.assert_allclose(window, reference[top:top + rows, left:left + cols], atol=1e-5, err_msg=box)
+        outside = reference.copy()
+        outside[top:top + rows, left:left + cols] = 0
+        assert np.abs(outside).max() <= 1e-6, box
+        if rows and cols:  # every edge row and column of the window reads the mask
+            assert min(window[0].max(), window[-1].max(), window[:, 0].max(), window[:, -1].max()) > 0, box
+        else:
+            assert reference.max() <= 1e-6, box
+    # Thresholding: the same pixels as the reference except where float32 and float64 straddle the threshold.
+    for threshold in (0.1, 0.5, 0.9):
+        pasted = paste_masks(masks, boxes, image_size, threshold)
+        for got, mask, box in zip(pasted.dense(), masks, boxes):
+            reference = _paste_values_reference(mask, box, height, width)
+            differ = got != (reference >= threshold)
+            assert np.all(np.abs(reference[differ] - threshold) < 1e-5), box
+
+
+def test_paste_takes_tensors_and_rejects_a_zero_threshold():
+    masks = np.random.default_rng(1).random((3, 28, 28)).astype(np.float32)
+    boxes = np.array([[1.5, 2.0, 9.0, 14.2], [0, 0, 12, 16], [4, 4, 5, 5]], np.float32)
+    from_tensors = paste_masks(tf.constant(masks), tf.constant(boxes), (12, 16))
+    np.testing.assert_array_equal(from_tensors.dense(), paste_masks(masks, boxes, (12, 16)).dense())
+    with pytest.raises(ValueError, match="threshold"):
+        paste_masks(masks, boxes, (12, 16), threshold=0.0)
+
+
+def _encode(dense):
+    """pycocotools' RLEs of [N, H, W] 0/1 masks."""
+    return mask_utils.encode(np.asfortranarray(dense.transpose(1, 2, 0).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("image_size", [(1, 1), (1, 7), (6, 1), (7, 9), (32, 24)])
+def test_rle_from_windows_equals_pycocotools_encode_of_the_dense_masks(image_size):
+    """Windows at every border, spanning whole columns or the whole image, empty, all zeros, all ones."""
+    rng = np.random.default_rng(image_size[0] * 100 + image_size[1])
+    height, width = image_size
+    offsets, windows = [], []
+    for _ in range(200):
+        top, left = rng.integers(0, height + 1), rng.integers(0, width + 1)
+        if rng.random() < 0.25:
+            top, left = (0, 0) if rng.random() < 0.5 else (0, left)  # whole image / whole columns
+            rows, cols = height, rng.integers(0, width - left + 1) if left else width
+        else:
+            rows, cols = rng.integers(0, height - top + 1), rng.integers(0, width - left + 1)
+        fill = rng.choice([0.0, 1.0, 0.5, 0.9])
+        offsets.append((top, left))
+        windows.append(rng.random((rows, cols)) < fill)
+    pasted = PastedMasks(offsets, windows, image_size)
+    dense = pasted.dense()
+    assert dense.shape == (200, *image_size) and dense.sum() == sum(w.sum() for w in windows)
+    assert pasted.rle() == _encode(dense)
+    # The same through paste_masks, for masks of random, zero and one values and boxes of every kind.
+    boxes = _random_boxes(rng, 30, height, width)
+    masks = rng.random((len(boxes), 8, 8)).astype(np.float32)
+    masks[::3] = 1.0
+    masks[1::3] = 0.0
+    pasted = paste_masks(masks, boxes, image_size)
+    assert pasted.rle() == _encode(pasted.dense())
+
+
+def test_pasted_masks_rejects_mismatched_offsets():
+    with pytest.raises(ValueError):
+        PastedMasks(np.zeros((2, 2), int), [np.ones((1, 1), bool)], (4, 4))

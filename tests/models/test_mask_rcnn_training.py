@@ -4,7 +4,6 @@ oracle-box prediction end to end.
 References: NumPy float64 losses written here, pycocotools (through the
 data.coco results path), and before/after comparisons of the same model.
 """
-import os
 
 import keras
 import numpy as np
@@ -13,7 +12,7 @@ import tensorflow as tf
 
 from data import coco as coco_data
 from data.synthetic_coco import write_coco_sample
-from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model, head_losses, predict_oracle_masks
+from models.mask_rcnn import MaskHeadTrainer, PastedMasks, build_mask_head_model, head_losses, predict_oracle_masks
 
 SIZE = (96, 128)
 TINY = dict(depth=18, base_width=16, fpn_channels=16, head_channels=16, fc_units=32)
@@ -128,13 +127,17 @@ def test_short_training_lowers_the_losses_and_oracle_prediction_runs_end_to_end(
         assert [p["image_id"] for p in predictions] == [r["image_id"] for r in val.records]
         for p, record in zip(predictions, val.records):
             n = len(record["class_ids"])
-            assert p["masks"].shape == (n, *SIZE) and p["masks"].dtype == np.uint8
+            assert isinstance(p["masks"], PastedMasks) and len(p["masks"]) == n and p["masks"].image_size == SIZE
             np.testing.assert_allclose(p["boxes"], record["boxes"], atol=1e-4)  # back in original pixels
             assert np.all((p["scores"] > 0) & (p["scores"] <= 1))
             assert np.all((p["class_ids"] >= 1) & (p["class_ids"] <= 5))
             if source == "ground_truth":
                 np.testing.assert_array_equal(p["class_ids"], record["class_ids"])
-        metrics = coco_data.evaluate_segm(val.coco, coco_data.segm_results(predictions, val.categories))
+        results = coco_data.segm_results(predictions, val.categories)
+        # The RLEs from the windows are those of the dense masks.
+        dense = [dict(p, masks=p["masks"].dense()) for p in predictions]
+        assert results == coco_data.segm_results(dense, val.categories)
+        metrics = coco_data.evaluate_segm(val.coco, results)
         assert set(metrics) == set(coco_data.SEGM_METRICS)
         assert 0.0 <= metrics["segm_AP"] <= 1.0
 
@@ -145,7 +148,7 @@ def test_oracle_prediction_maps_boxes_back_to_the_original_size(sample):
     dataset = coco_data.make_dataset(val, batch_size=3, training=False, short_side=64, long_side=1000)
     predictions = predict_oracle_masks(build_mask_head_model(5, **TINY), dataset)
     for p, record in zip(predictions, val.records):
-        assert p["masks"].shape[1:] == SIZE
+        assert p["masks"].image_size == SIZE and p["masks"].dense().shape == (len(record["class_ids"]), *SIZE)
         np.testing.assert_allclose(p["boxes"], record["boxes"], atol=1e-3)
 
 
