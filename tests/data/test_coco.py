@@ -240,22 +240,15 @@ def test_results_json_loads_in_coco_and_perfect_masks_score_ap_1(train, tmp_path
 
 
 def test_results_take_masks_that_encode_themselves(train):
-    """Masks with an rle() method (models.mask_rcnn.PastedMasks: each mask kept on its box window) give the
+    """Masks with an rle() method (models.mask_rcnn.PastedMasks: each mask kept as its runs of pixels) give the
     same results as the dense [N, H, W] array."""
     from models.mask_rcnn import PastedMasks
 
     coco = train.coco
     predictions, categories = _gt_predictions(coco, coco.getImgIds())
-    windowed = []
-    for p in predictions:
-        offsets, windows = [], []
-        for mask in p["masks"]:
-            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            offsets.append((rows[0], cols[0]))
-            windows.append(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(bool))
-        windowed.append(dict(p, masks=PastedMasks(np.reshape(offsets, (-1, 2)), windows, SIZE)))
-    assert sum(len(p["masks"]) for p in windowed) > 0
-    assert coco_data.segm_results(windowed, categories) == coco_data.segm_results(predictions, categories)
+    as_runs = [dict(p, masks=PastedMasks.from_dense(p["masks"])) for p in predictions]
+    assert sum(len(p["masks"]) for p in as_runs) > 0
+    assert coco_data.segm_results(as_runs, categories) == coco_data.segm_results(predictions, categories)
 
 
 def test_misplaced_masks_lower_ap_and_no_results_score_zero(train):

@@ -134,7 +134,7 @@ def test_short_training_lowers_the_losses_and_oracle_prediction_runs_end_to_end(
             if source == "ground_truth":
                 np.testing.assert_array_equal(p["class_ids"], record["class_ids"])
         results = coco_data.segm_results(predictions, val.categories)
-        # The RLEs from the windows are those of the dense masks.
+        # The RLEs from the runs are those of the dense masks.
         dense = [dict(p, masks=p["masks"].dense()) for p in predictions]
         assert results == coco_data.segm_results(dense, val.categories)
         metrics = coco_data.evaluate_segm(val.coco, results)
