@@ -4,8 +4,11 @@ Two stems:
 - "deep" (PSPNet): 3x3/64 stride 2, 3x3/64, 3x3/128, 3x3 max pool stride 2.
 - "standard" (Keras Applications): 7x7/64 stride 2, 3x3 max pool stride 2.
 
-Bottleneck blocks are the v1 variant used by both the original PSPNet (Caffe)
-and Keras Applications: the stride sits on the first 1x1 convolution. Convs
+Bottleneck blocks come in two layouts (`stride_on`): "1x1", the v1 variant of
+the original PSPNet (Caffe) and Keras Applications, strides the first 1x1
+convolution; "3x3", PyTorch's layout (torchvision, semseg, mmsegmentation;
+"ResNet v1.5"), strides the 3x3. Same weight shapes, different computation:
+converted PyTorch weights need "3x3". Convs
 carry no bias (every conv is followed by BatchNormalization); a Keras
 Applications conv bias is folded into the BN moving mean when its weights are
 loaded (see load_imagenet_weights).
@@ -57,12 +60,13 @@ _STRIDES = {
 }
 
 
-def batch_norm(name, sync_bn=False):
+def batch_norm(name, sync_bn=False, epsilon=BN_EPSILON):
     """The project's BatchNormalization: fused kernel in training, synchronized across replicas when asked."""
-    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync_bn, name=name)
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=epsilon, synchronized=sync_bn, name=name)
 
 
-def conv_bn(x, filters, kernel_size, name, *, stride=1, dilation=1, relu=True, sync_bn=False):
+def conv_bn(x, filters, kernel_size, name, *, stride=1, dilation=1, relu=True, sync_bn=False,
+            bn_epsilon=BN_EPSILON):
     """Conv (no bias) + BN (+ ReLU): layers `{name}_conv`, `{name}_bn`, `{name}_relu`.
 
     A strided 3x3 conv gets explicit symmetric zero padding (`{name}_pad`), as in
@@ -83,33 +87,38 @@ def conv_bn(x, filters, kernel_size, name, *, stride=1, dilation=1, relu=True, s
         kernel_initializer="he_normal",
         name=f"{name}_conv",
     )(x)
-    x = batch_norm(f"{name}_bn", sync_bn)(x)
+    x = batch_norm(f"{name}_bn", sync_bn, bn_epsilon)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
 
 
-def _bottleneck(x, filters, stride, dilation, input_dilation, name, sync_bn):
+def _bottleneck(x, filters, stride, dilation, input_dilation, name, sync_bn, stride_on="1x1",
+                bn_epsilon=BN_EPSILON):
     del input_dilation  # the 3x3 conv already sees the subsampled (or dilated) grid
     out_channels = 4 * filters
+    norm = {"sync_bn": sync_bn, "bn_epsilon": bn_epsilon}
     shortcut = x
     if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = conv_bn(x, out_channels, 1, f"{name}_0", stride=stride, relu=False, sync_bn=sync_bn)
-    y = conv_bn(x, filters, 1, f"{name}_1", stride=stride, sync_bn=sync_bn)
-    y = conv_bn(y, filters, 3, f"{name}_2", dilation=dilation, sync_bn=sync_bn)
-    y = conv_bn(y, out_channels, 1, f"{name}_3", relu=False, sync_bn=sync_bn)
+        shortcut = conv_bn(x, out_channels, 1, f"{name}_0", stride=stride, relu=False, **norm)
+    stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+    y = conv_bn(x, filters, 1, f"{name}_1", stride=stride_1x1, **norm)
+    y = conv_bn(y, filters, 3, f"{name}_2", stride=stride_3x3, dilation=dilation, **norm)
+    y = conv_bn(y, out_channels, 1, f"{name}_3", relu=False, **norm)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _basic(x, filters, stride, dilation, input_dilation, name, sync_bn):
+def _basic(x, filters, stride, dilation, input_dilation, name, sync_bn, stride_on="1x1", bn_epsilon=BN_EPSILON):
+    del stride_on  # basic blocks have no 1x1 conv on the main path
+    norm = {"sync_bn": sync_bn, "bn_epsilon": bn_epsilon}
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = conv_bn(x, filters, 1, f"{name}_0", stride=stride, relu=False, sync_bn=sync_bn)
+        shortcut = conv_bn(x, filters, 1, f"{name}_0", stride=stride, relu=False, **norm)
     # This conv takes the place of the strided one, so it reads the input grid
     # with the input's dilation (as torchvision's replace_stride_with_dilation).
-    y = conv_bn(x, filters, 3, f"{name}_1", stride=stride, dilation=input_dilation, sync_bn=sync_bn)
-    y = conv_bn(y, filters, 3, f"{name}_2", dilation=dilation, relu=False, sync_bn=sync_bn)
+    y = conv_bn(x, filters, 3, f"{name}_1", stride=stride, dilation=input_dilation, **norm)
+    y = conv_bn(y, filters, 3, f"{name}_2", dilation=dilation, relu=False, **norm)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -120,6 +129,8 @@ def build_resnet(
     stem="deep",
     output_stride=8,
     base_width=64,
+    stride_on="1x1",
+    bn_epsilon=BN_EPSILON,
     sync_bn=False,
     input_shape=(None, None, 3),
     name=None,
@@ -132,6 +143,10 @@ def build_resnet(
       output_stride: 8, 16 or 32: stride of C5 (and of C4 when 8).
       base_width: channels of the first stage (64 in the papers); every channel
         count scales with it, so tests can build tiny models.
+      stride_on: "1x1" (Caffe / Keras Applications) or "3x3" (PyTorch's layout):
+        which conv of a bottleneck carries the stage's stride.
+      bn_epsilon: BatchNormalization epsilon (PyTorch's is 1e-5; the default is
+        Keras Applications').
       sync_bn: synchronized BatchNormalization across tf.distribute replicas.
       input_shape: (H, W, 3); None for any size.
 
@@ -146,6 +161,8 @@ def build_resnet(
         raise ValueError(f"ResNet depth must be one of {sorted(_LAYOUTS)}, got {depth}.")
     if stem not in ("deep", "standard"):
         raise ValueError(f'stem must be "deep" or "standard", got {stem!r}.')
+    if stride_on not in ("1x1", "3x3"):
+        raise ValueError(f'stride_on must be "1x1" or "3x3", got {stride_on!r}.')
     if output_stride not in _STRIDES:
         raise ValueError(f"output_stride must be one of {sorted(_STRIDES)}, got {output_stride}.")
     block_type, blocks_per_stage = _LAYOUTS[depth]
@@ -153,13 +170,14 @@ def build_resnet(
     strides, dilations = _STRIDES[output_stride]
     w = base_width
 
+    norm = {"sync_bn": sync_bn, "bn_epsilon": bn_epsilon}
     images = keras.Input(shape=input_shape, name="images")
     if stem == "deep":
-        x = conv_bn(images, w, 3, "conv1_1", stride=2, sync_bn=sync_bn)
-        x = conv_bn(x, w, 3, "conv1_2", sync_bn=sync_bn)
-        x = conv_bn(x, 2 * w, 3, "conv1_3", sync_bn=sync_bn)
+        x = conv_bn(images, w, 3, "conv1_1", stride=2, **norm)
+        x = conv_bn(x, w, 3, "conv1_2", **norm)
+        x = conv_bn(x, 2 * w, 3, "conv1_3", **norm)
     else:
-        x = conv_bn(images, w, 7, "conv1", stride=2, sync_bn=sync_bn)
+        x = conv_bn(images, w, 7, "conv1", stride=2, **norm)
     # Zero padding before the max pool is exact: its input is post-ReLU (>= 0).
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -178,6 +196,8 @@ def build_resnet(
                 input_dilation if first else dilation,
                 f"conv{stage}_block{i + 1}",
                 sync_bn,
+                stride_on,
+                bn_epsilon,
             )
         input_dilation = dilation
         features[f"C{stage}"] = x
