@@ -190,7 +190,7 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     as data.cityscapes.eval_pipeline makes them.
     """
     from data import cityscapes
-    from models.inference import colorize, predict_classes, predict_logits
+    from models.pspnet.inference import colorize, predict_classes, predict_logits
 
     scores = SegmentationScores(num_classes)
     os.makedirs(out_dir, exist_ok=True)

@@ -51,7 +51,7 @@ def read_rgb(path):
 def predict_image(model, rgb, *, mode="whole", crop_size=713, flip=False, scales=(1.0,)):
     """uint8 [H, W, 3] RGB -> trainId map [H, W] int32."""
     from data import cityscapes
-    from models.inference import predict_classes, predict_logits
+    from models.pspnet.inference import predict_classes, predict_logits
 
     images = cityscapes.normalize_image(rgb[None])
     probabilities = predict_logits(model, images, mode=mode, crop_size=crop_size, flip=flip, scales=scales)
@@ -74,7 +74,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from data import cityscapes
-    from models.inference import colorize, overlay
+    from models.pspnet.inference import colorize, overlay
 
     paths = find_images(args.inputs)
     model = load_segmentation_model(args.checkpoint)

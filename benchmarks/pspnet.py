@@ -11,7 +11,7 @@ import tensorflow as tf
 import losses
 from benchmarks.harness import Result, conv_flops, matmul_gflops, median_time
 from models import build_pspnet
-from models.inference import predict_logits
+from models.pspnet.inference import predict_logits
 from models.pspnet import head_layer_names, inference_model
 from models.training import SegmentationSGD, poly_schedule
 

@@ -86,7 +86,7 @@ LABELS = (
 _TRAINED = sorted((l for l in LABELS if 0 <= l.train_id < IGNORE_LABEL), key=lambda l: l.train_id)
 NUM_CLASSES = len(_TRAINED)  # 19
 CLASS_NAMES = tuple(l.name for l in _TRAINED)
-# [19, 3] uint8, indexed by trainId: the palette for models.inference.colorize.
+# [19, 3] uint8, indexed by trainId: the palette for models.pspnet.inference.colorize.
 CLASS_COLORS = np.array([l.color for l in _TRAINED], np.uint8)
 
 # 256-entry lookup tables cover every uint8 value. labelIds without a trainId

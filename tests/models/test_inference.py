@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from models import build_pspnet
-from models import inference
-from models.inference import colorize, overlay, predict_classes, predict_logits
+from models.pspnet import inference
+from models.pspnet.inference import colorize, overlay, predict_classes, predict_logits
 
 
 @pytest.fixture(scope="module")
