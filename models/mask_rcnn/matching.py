@@ -40,6 +40,21 @@ def intersection_over_area(boxes_a, boxes_b):
     return tf.math.divide_no_nan(inter, area_a)
 
 
+def _columns_in_use(valid):
+    """Scalar int32: 1 + the last True column of valid [B, M] in any image (0 if none).
+
+    The loops below visit only these columns: data.coco pads ground truth at
+    the end, so a batch of images with 7 objects costs 7 columns, not M.
+    """
+    columns = tf.range(1, tf.shape(valid)[1] + 1)
+    return tf.reduce_max(tf.where(valid, columns[None, :], 0))
+
+
+def _column(x, m):
+    """x [B, M, ...] -> [B, 1, ...], column m (a gather: XLA needs the static size 1 that a slice m:m + 1 hides)."""
+    return tf.gather(x, m[None], axis=1)
+
+
 def inside_crowd(boxes, crowd_boxes, min_overlap=CROWD_OVERLAP):
     """[B, N] bool: boxes [B, N, 4] with >= min_overlap of their area inside one crowd box [B, Mc, 4] (zeros = padding).
 
@@ -50,46 +65,69 @@ def inside_crowd(boxes, crowd_boxes, min_overlap=CROWD_OVERLAP):
     positive wherever it lies. (torchvision drops crowd annotations, making
     such candidates negatives; Detectron ignored candidates whose
     intersection-over-own-area with a crowd box exceeded 0.7.)
+    One crowd box at a time: memory [B, N], not [B, N, Mc].
     """
-    if crowd_boxes is None or crowd_boxes.shape[1] == 0:
-        return tf.zeros(tf.shape(boxes)[:2], tf.bool)
-    return tf.reduce_max(intersection_over_area(boxes, crowd_boxes), axis=2) >= min_overlap
+    boxes = tf.cast(boxes, tf.float32)
+    crowd_boxes = tf.cast(crowd_boxes, tf.float32)
+    present = (crowd_boxes[..., 2] > crowd_boxes[..., 0]) & (crowd_boxes[..., 3] > crowd_boxes[..., 1])
+
+    def body(m, covered):
+        overlap = intersection_over_area(boxes, _column(crowd_boxes, m))[..., 0]
+        return m + 1, tf.maximum(covered, tf.where(_column(present, m), overlap, 0.0))
+
+    _, covered = tf.while_loop(lambda m, _: m < _columns_in_use(present), body,
+                               (tf.constant(0), tf.zeros(tf.shape(boxes)[:2])))
+    return covered >= min_overlap
 
 
-def match_boxes(iou, gt_valid, candidate_valid=None, *, high_threshold, low_threshold,
+def match_boxes(candidates, gt_boxes, gt_valid, candidate_valid=None, *, high_threshold, low_threshold,
                 allow_low_quality_matches=False):
-    """Best ground truth of each candidate, or a negative code: torchvision's Matcher, batched.
+    """Best ground truth of each candidate by IoU, or a negative code: torchvision's Matcher, batched.
 
-    iou: [B, N, M] float, candidates x ground truth (box_iou(candidates, gt)).
+    candidates: [B, N, 4] float (anchors, proposals); gt_boxes: [B, M, 4] float.
     gt_valid: [B, M] bool (False = padding: never matched).
     candidate_valid: optional [B, N] bool (False = padding candidate: it only
         ever gets BELOW_LOW_THRESHOLD, and is never a best match of any ground truth).
-    IoU >= high_threshold: the best ground truth's row; in [low, high): -2;
-    below low: -1. allow_low_quality_matches: every candidate whose IoU with
-    some ground truth equals that ground truth's highest IoU (ties included)
-    gets its own best ground truth back, as torchvision's set_low_quality_matches_
-    does; except that a ground truth overlapping no candidate at all (highest
-    IoU 0) adds no match here, where torchvision would match every candidate.
+    IoU >= high_threshold: the best ground truth's row (the first on ties, as
+    torch's max); in [low, high): -2; below low: -1. allow_low_quality_matches:
+    every candidate whose IoU with some ground truth equals that ground
+    truth's highest IoU (ties included) gets its own best ground truth back,
+    as torchvision's set_low_quality_matches_ does; except that a ground truth
+    overlapping no candidate at all (highest IoU 0) adds no match here, where
+    torchvision would match every candidate.
+    One ground truth at a time (a loop over the used columns): memory [B, N],
+    not the [B, N, M] IoU matrix, which at 268k anchors and M = 100 would be
+    200 MB per image and per temporary.
     Returns [B, N] int32.
     """
-    iou = tf.cast(iou, tf.float32)
+    candidates = tf.cast(candidates, tf.float32)
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
     gt_valid = tf.cast(gt_valid, tf.bool)
-    usable = gt_valid[:, None, :]
-    if candidate_valid is not None:
-        usable &= tf.cast(candidate_valid, tf.bool)[:, :, None]
-    # -1 keeps padding out of both maxima (a real IoU is >= 0).
-    iou = tf.where(usable, iou, -1.0)
-    best = tf.reduce_max(iou, axis=2)
-    best_gt = tf.argmax(iou, axis=2, output_type=tf.int32)
+    shape = tf.shape(candidates)[:2]
+    if candidate_valid is None:
+        candidate_valid = tf.ones(shape, tf.bool)
+    candidate_valid = tf.cast(candidate_valid, tf.bool)
+
+    def body(m, best, best_gt, is_best):
+        usable = candidate_valid & _column(gt_valid, m)
+        # -1 keeps padding out of both maxima (a real IoU is >= 0).
+        iou = tf.where(usable, box_iou(candidates, _column(gt_boxes, m))[..., 0], -1.0)
+        better = iou > best  # strictly: the first ground truth wins ties
+        best_gt = tf.where(better, m, best_gt)
+        best = tf.maximum(best, iou)
+        if allow_low_quality_matches:
+            highest = tf.reduce_max(iou, axis=1, keepdims=True)
+            is_best |= usable & tf.equal(iou, highest) & (highest > 0.0)
+        return m + 1, best, best_gt, is_best
+
+    _, best, best_gt, is_best = tf.while_loop(
+        lambda m, *_: m < _columns_in_use(gt_valid), body,
+        (tf.constant(0), tf.fill(shape, -1.0), tf.zeros(shape, tf.int32), tf.zeros(shape, tf.bool)))
     matches = tf.where(best >= high_threshold, best_gt,
                        tf.where(best >= low_threshold, BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD))
     if allow_low_quality_matches:
-        highest_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, M]
-        is_best = usable & (iou == highest_per_gt) & (highest_per_gt > 0.0)
-        matches = tf.where(tf.reduce_any(is_best, axis=2), best_gt, matches)
-    if candidate_valid is not None:
-        matches = tf.where(candidate_valid, matches, BELOW_LOW_THRESHOLD)
-    return matches
+        matches = tf.where(is_best, best_gt, matches)
+    return tf.where(candidate_valid, matches, BELOW_LOW_THRESHOLD)
 
 
 def sample_balanced(positive, negative, *, num_samples, positive_fraction, seed):

@@ -72,7 +72,7 @@ def rpn_targets(anchors, gt_boxes, gt_class_ids, crowd_boxes=None, *, num_sample
     num_anchors = anchors.shape[0] if anchors.shape[0] is not None else tf.shape(anchors)[0]
     anchors = tf.broadcast_to(anchors[None], [batch, num_anchors, 4])
 
-    matches = match_boxes(box_iou(anchors, gt_boxes), gt_valid, high_threshold=high_threshold,
+    matches = match_boxes(anchors, gt_boxes, gt_valid, high_threshold=high_threshold,
                           low_threshold=low_threshold, allow_low_quality_matches=True)
     negative = tf.equal(matches, BELOW_LOW_THRESHOLD)
     if crowd_boxes is not None:
@@ -121,7 +121,7 @@ def box_head_targets(proposals, gt_boxes, gt_class_ids, crowd_boxes=None, *, pro
     candidates = tf.concat([proposals, gt_boxes], axis=1)
     candidate_valid = tf.concat([tf.cast(proposal_valid, tf.bool), gt_valid], axis=1)
 
-    matches = match_boxes(box_iou(candidates, gt_boxes), gt_valid, candidate_valid,
+    matches = match_boxes(candidates, gt_boxes, gt_valid, candidate_valid,
                           high_threshold=iou_threshold, low_threshold=iou_threshold)
     negative = tf.equal(matches, BELOW_LOW_THRESHOLD) & candidate_valid
     if crowd_boxes is not None:

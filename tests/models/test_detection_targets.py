@@ -30,37 +30,54 @@ def _torch_boxes(boxes):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(boxes, np.float32)[:, XY]))
 
 
+def _integer_boxes(rng, count, extent=16, max_size=10):
+    y, x = rng.integers(0, extent, (2, count))
+    h, w = rng.integers(1, max_size, (2, count))
+    return np.stack([y, x, y + h, x + w], axis=1).astype(np.float32)
+
+
 @pytest.mark.parametrize("high, low, low_quality", [(0.7, 0.3, True), (0.7, 0.3, False), (0.5, 0.5, False)])
 def test_match_boxes_equals_torchvision_matcher(high, low, low_quality):
+    from torchvision.ops import box_iou as torch_box_iou
     rng = np.random.default_rng(0)
-    # IoUs on a 0.05 grid: many ties, within each ground truth's best and across ground truths.
-    iou = np.round(rng.uniform(0, 1, (2, 40, 6)) ** 2 * 20) / 20
-    iou = iou.astype(np.float32)
-    gt_valid = np.array([[True, False, True, True, False, True], [True, True, False, False, False, False]])
-    candidate_valid = np.ones((2, 40), bool)
-    candidate_valid[1, 30:] = False
-    iou[~gt_valid[:, None, :].repeat(40, 1)] = 0.99  # padding must lose even with a high IoU
-    got = match_boxes(iou, gt_valid, candidate_valid, high_threshold=high, low_threshold=low,
+    # Integer boxes drawn from a small pool: many exact ties, within each ground truth's best and across
+    # ground truths (a duplicated ground truth: the first wins, as torch's max).
+    pool = _integer_boxes(rng, 25)
+    candidates = pool[rng.integers(0, 25, (2, 60))]
+    gt = np.stack([pool[rng.integers(0, 25, 6)] for _ in range(2)])
+    gt[0, 4] = gt[0, 2]
+    gt_valid = np.array([[True, False, True, True, True, False], [True, True, False, False, False, False]])
+    gt[0, 1] = candidates[0, 0]  # padding must lose even with an IoU of 1
+    # Ground truth 1 of image 1 lies apart; its best candidates tie three ways at IoU 1/3 (ignored, unless
+    # low-quality matches restore them).
+    gt[1, 1] = [40, 40, 44, 44]
+    candidates[1, 10:13] = [[40, 42, 44, 46], [40, 42, 44, 46], [42, 40, 46, 44]]
+    gt[1, 0] = candidates[1, 20] + 1.0
+    candidate_valid = np.ones((2, 60), bool)
+    candidate_valid[1, 45:] = False
+    got = match_boxes(candidates, gt, gt_valid, candidate_valid, high_threshold=high, low_threshold=low,
                       allow_low_quality_matches=low_quality).numpy()
     matcher = det_utils.Matcher(high, low, allow_low_quality_matches=low_quality)
     for b in range(2):
         columns = np.flatnonzero(gt_valid[b])
         rows = np.flatnonzero(candidate_valid[b])
-        quality = torch.from_numpy(np.ascontiguousarray(iou[b][np.ix_(rows, columns)].T))
+        quality = torch_box_iou(_torch_boxes(gt[b][columns]), _torch_boxes(candidates[b][rows]))
         assert (quality.max(dim=1).values > 0).all()  # the case where both rules agree (see next test)
+        assert ((quality == quality.max(dim=1, keepdim=True).values).sum(dim=1) > 1).any()  # tied best candidates
         expected = matcher(quality).numpy()
         expected = np.where(expected >= 0, columns[np.maximum(expected, 0)], expected)
         np.testing.assert_array_equal(got[b, rows], expected)
         assert np.all(got[b, ~candidate_valid[b]] == -1)
+    assert (got >= 0).sum() > 5 and (got == -1).sum() > 10
 
 
 def test_a_ground_truth_overlapping_nothing_adds_no_low_quality_match():
     # torchvision would match every candidate to something here (all tie at IoU 0): a documented difference.
-    iou = np.zeros((1, 5, 2), np.float32)
-    iou[0, 2, 0] = 0.4
-    got = match_boxes(iou, np.ones((1, 2), bool), high_threshold=0.7, low_threshold=0.3,
+    candidates = np.array([[[0, 0, 4, 4], [0, 10, 4, 14], [10, 10, 14, 14], [20, 20, 24, 24]]], np.float32)
+    gt = np.array([[[10, 11, 14, 15], [50, 50, 60, 60]]], np.float32)
+    got = match_boxes(candidates, gt, np.ones((1, 2), bool), high_threshold=0.7, low_threshold=0.3,
                       allow_low_quality_matches=True).numpy()
-    np.testing.assert_array_equal(got, [[-1, -1, 0, -1, -1]])
+    np.testing.assert_array_equal(got, [[-1, -1, 0, -1]])
 
 
 def test_box_iou_equals_torchvision():
