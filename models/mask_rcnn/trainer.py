@@ -30,12 +30,13 @@ def head_losses(outputs, targets):
     """
     mask_total, mask_count = losses.mask_rcnn_mask_sum_and_count(
         targets["masks"], targets["class_ids"], outputs["mask_logits"], from_logits=True)
+    class_total, class_count = losses.box_class_sum_and_count(
+        targets["class_ids"], outputs["class_logits"], targets["valid"])
     valid = tf.cast(targets["valid"], tf.float32)
-    per_roi = losses.categorical_cross_entropy(targets["class_ids"], outputs["class_logits"], from_logits=True)
     correct = tf.cast(tf.argmax(outputs["class_logits"], -1, output_type=tf.int32) == targets["class_ids"],
                       tf.float32)
     return {"mask_loss": replica_share_of_mean(mask_total, mask_count),
-            "class_loss": replica_share_of_mean(tf.reduce_sum(per_roi * valid), tf.reduce_sum(valid)),
+            "class_loss": replica_share_of_mean(class_total, class_count),
             "accuracy": tf.math.divide_no_nan(tf.reduce_sum(correct * valid), tf.reduce_sum(valid))}
 
 
