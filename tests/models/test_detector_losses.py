@@ -135,3 +135,32 @@ def test_gradients_through_padding_are_finite():
     gradients = tape.gradient(parts["loss"], variables)
     for name, gradient in gradients.items():
         assert np.isfinite(gradient.numpy()).all() and np.abs(gradient.numpy()).sum() > 0, name
+
+
+def test_two_replicas_sum_to_the_one_device_losses(two_replica_strategy):
+    # Replica 0 holds the images with objects, replica 1 two without: different counts in every loss. The RPN
+    # samples every anchor (1000 slots for 192 anchors), so both runs sample the same sets.
+    rng = np.random.default_rng(6)
+    full, empty, anchors = _batch(), _batch(with_objects=False), _anchors()
+    batch = {k: np.concatenate([full[k], empty[k]]) for k in full}
+    outputs = {k: np.concatenate([v.numpy(), v.numpy()[::-1] * 0.5]) for k, v in _outputs(anchors, rng).items()
+               if k != "anchors"}
+    proposals = np.concatenate([_proposals(full, rng), _proposals(empty, rng)])
+    sampled = {k: v.numpy() for k, v in box_head_targets(proposals, batch["boxes"], batch["class_ids"],
+                                                          batch["crowd_boxes"], num_samples=S, seed=0).items()}
+    single = detector_losses(dict(outputs, anchors=anchors), batch, sampled, seed=keras.random.SeedGenerator(0),
+                             rpn_num_samples=1000)
+
+    def halves(context):
+        part = slice(2 * context.replica_id_in_sync_group, 2 * context.replica_id_in_sync_group + 2)
+        return tuple({k: tf.constant(v[part]) for k, v in d.items()} for d in (outputs, batch, sampled))
+
+    strategy = two_replica_strategy
+    with strategy.scope():
+        seed = keras.random.SeedGenerator(0)
+    per_replica = strategy.run(
+        lambda o, b, s: detector_losses(dict(o, anchors=anchors), b, s, seed=seed, rpn_num_samples=1000),
+        args=strategy.experimental_distribute_values_from_function(halves))
+    for name, value in single.items():
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[name], axis=None)
+        np.testing.assert_allclose(total.numpy(), value.numpy(), rtol=1e-5, err_msg=name)
