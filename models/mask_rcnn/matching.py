@@ -18,7 +18,7 @@ CROWD_OVERLAP = 0.5
 
 
 def _intersections(boxes_a, boxes_b):
-    """boxes_a [B, N, 4], boxes_b [B, M, 4] -> (intersection areas [B, N, M], area of a [B, N, 1], area of b [B, 1, M])."""
+    """boxes_a [B, N, 4], boxes_b [B, M, 4] -> intersections [B, N, M], areas of a [B, N, 1] and of b [B, 1, M]."""
     a = tf.cast(boxes_a, tf.float32)[:, :, None, :]
     b = tf.cast(boxes_b, tf.float32)[:, None, :, :]
     inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
