@@ -130,6 +130,22 @@ def match_boxes(candidates, gt_boxes, gt_valid, candidate_valid=None, *, high_th
     return tf.where(candidate_valid, matches, BELOW_LOW_THRESHOLD)
 
 
+def _sampling_keys(shape, seed):
+    """Uniform [0, 1) float32 keys, a new draw per call from the keras.random.SeedGenerator seed.
+
+    Under tf.distribute every replica holds the same generator state: the
+    replica's id is added to the drawn seed so that replicas sample
+    independently instead of preferring the same anchors.
+    """
+    if not isinstance(seed, keras.random.SeedGenerator):
+        seed = keras.random.SeedGenerator(seed)
+    drawn = tf.cast(seed.next(), tf.int32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        drawn += tf.stack([tf.cast(context.replica_id_in_sync_group, tf.int32), 0])
+    return tf.random.stateless_uniform(shape, seed=drawn, dtype=tf.float32)
+
+
 def sample_balanced(positive, negative, *, num_samples, positive_fraction, seed):
     """A random subset of positives and negatives of each image: torchvision's BalancedPositiveNegativeSampler.
 
@@ -137,7 +153,8 @@ def sample_balanced(positive, negative, *, num_samples, positive_fraction, seed)
     Per image: P = min(#positives, int(num_samples * positive_fraction))
     positives and min(#negatives, num_samples - P) negatives, each a uniformly
     random subset (top-k of uniform keys).
-    seed: a keras.random.SeedGenerator (inside a tf.function it advances every step).
+    seed: a keras.random.SeedGenerator (inside a tf.function it advances every
+        step; under tf.distribute each replica draws its own keys) or an int / None.
     Returns (indices [B, S] int32, is_positive [B, S] bool, valid [B, S] bool),
     S = num_samples: the sampled positives first, then the negatives, then
     padding (valid False, index 0); so every positive lies in the first
@@ -147,7 +164,7 @@ def sample_balanced(positive, negative, *, num_samples, positive_fraction, seed)
     negative = tf.cast(negative, tf.bool)
     max_positives = int(num_samples * positive_fraction)
     count = positive.shape[1]
-    key = keras.random.uniform(tf.shape(positive), seed=seed)
+    key = _sampling_keys(tf.shape(positive), seed)
     # k is at least 1 (top_k, gather) and at most the candidates; with a static count it stays static (XLA).
     if count is not None:
         k_pos, k_neg = max(min(max_positives, count), 1), max(min(num_samples, count), 1)

@@ -136,6 +136,18 @@ def test_balanced_sampling_is_seeded_and_random():
     assert counts.mean() == pytest.approx(60 * 32 / 500) and counts.max() < 15
 
 
+def test_replicas_sample_independently(two_replica_strategy):
+    # Both replicas see the same image; sharing one generator state, they must still draw different subsets.
+    positive = np.zeros((1, 1000), bool)
+    positive[0, :500] = True
+    with two_replica_strategy.scope():
+        generator = keras.random.SeedGenerator(3)
+    per_replica = two_replica_strategy.run(
+        lambda: sample_balanced(positive, ~positive, num_samples=64, positive_fraction=0.5, seed=generator)[0])
+    first, second = (v.numpy() for v in two_replica_strategy.experimental_local_results(per_replica))
+    assert set(first[0]) != set(second[0])
+
+
 def _scene(rng):
     """Two images, 64 x 96: 3 objects in image 0, none in image 1 (padding rows with class 0)."""
     boxes = np.zeros((2, 4, 4), np.float32)
