@@ -1,0 +1,145 @@
+"""semseg and mmsegmentation PSPNet checkpoints -> Keras, against the original PyTorch models on a real photo.
+
+The references are the two projects' models rewritten in plain torch
+(tests/models/pspnet_torch_references.py says why and from what), with random
+weights and every BatchNorm's statistics and affine parameters randomised, saved
+the way each project saves its checkpoints, and converted through
+`python -m models.convert`'s main.
+"""
+import os
+import subprocess
+import sys
+
+import keras
+import matplotlib.cbook
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from PIL import Image
+from pspnet_torch_references import MmsegPSPNet, SemsegPSPNet, randomize
+
+from models import convert
+from models.pspnet import inference_model
+from models.resnet import INPUT_MEAN, INPUT_STD
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _photo(height, width):
+    """Grace Hopper (matplotlib's sample photo), resized to `width` and cropped to `height`, normalised: [1, H, W, 3]."""
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        image = image.convert("RGB").resize((width, round(width * image.height / image.width)), Image.BILINEAR)
+        rgb = np.asarray(image, np.float32)[:height]
+    return ((rgb - np.array(INPUT_MEAN, np.float32)) / np.array(INPUT_STD, np.float32))[None]
+
+
+def _save_semseg(model, path):
+    """As semseg's tool/train.py: epoch, DataParallel/DDP state dict ('module.' prefix) and the optimizer."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 200, "state_dict": state, "optimizer": optimizer.state_dict()}, path)
+
+
+def _save_mmseg(model, path):
+    """As mmsegmentation publishes: {'meta': {...}, 'state_dict': ...} (no prefix)."""
+    meta = {"mmseg_version": "0.5.0", "CLASSES": ("road", "sidewalk"), "PALETTE": [[128, 64, 128], [244, 35, 232]],
+            "config": "model = dict(type='EncoderDecoder', ...)"}
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
+
+
+def _compare(keras_model, torch_model, image):
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(image.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    got = inference_model(keras_model)(image).numpy()
+    assert got.shape == expected.shape
+    agreement = np.mean(got.argmax(-1) == expected.argmax(-1))
+    tolerance = 1e-3 * (expected.max() - expected.min())
+    assert agreement >= 0.995, agreement
+    assert np.abs(got - expected).max() <= tolerance, (np.abs(got - expected).max(), tolerance)
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["semseg", "mmseg"])
+def test_resnet50_checkpoint_gives_the_original_logits(tmp_path, torch_seed, source):
+    # Real width and depth (PSPNet R-50, 19 classes) on a 97 x 129 photo: (H - 1) % 8 == 0 as semseg requires.
+    reference = randomize(SemsegPSPNet(50) if source == "semseg" else MmsegPSPNet(50), seed=1)
+    checkpoint, out = tmp_path / "model.pth", tmp_path / "model.keras"
+    (_save_semseg if source == "semseg" else _save_mmseg)(reference, checkpoint)
+    convert.main([f"{source}-pspnet", str(checkpoint), str(out)])
+
+    loaded = keras.saving.load_model(out, safe_mode=True, compile=False)
+    config = loaded.get_config()
+    assert (config["layout"], config["backbone"], config["num_classes"], config["aux"]) == (source, "resnet50", 19, True)
+    trainable = sum(int(np.prod(w.shape)) for w in loaded.trainable_weights)
+    assert trainable == {"semseg": 49_080_038, "mmseg": 48_975_494}[source]
+    _compare(loaded, reference, _photo(97, 129))
+
+
+@pytest.mark.parametrize("source, depth, size", [("semseg", 101, (57, 81)), ("mmseg", 152, (51, 70))])
+def test_depth_width_and_classes_are_read_from_the_weights(tmp_path, torch_seed, source, depth, size):
+    # Reduced width (8) keeps the deep variants fast; the real width is covered above.
+    if source == "semseg":
+        reference = randomize(SemsegPSPNet(depth, classes=7, width=8), seed=2)
+    else:
+        reference = randomize(MmsegPSPNet(depth, classes=7, width=8), seed=2)
+    checkpoint, out = tmp_path / "model.pth", tmp_path / "model.keras"
+    (_save_semseg if source == "semseg" else _save_mmseg)(reference, checkpoint)
+    model = convert.main([f"{source}-pspnet", str(checkpoint), str(out)])
+    assert model.get_config()["backbone"] == f"resnet{depth}" and model.get_config()["base_width"] == 8
+    _compare(model, reference, _photo(*size))
+
+
+def test_semseg_without_aux_head_converts(tmp_path, torch_seed):
+    reference = randomize(SemsegPSPNet(50, classes=3, width=8, aux=False), seed=3)
+    _save_semseg(reference, tmp_path / "m.pth")
+    model = convert.main(["semseg-pspnet", str(tmp_path / "m.pth"), str(tmp_path / "m.keras")])
+    assert not isinstance(model.output, dict)
+    _compare(model, reference, _photo(41, 49))
+
+
+def test_a_wrong_checkpoint_is_refused_with_its_keys(tmp_path, torch_seed):
+    reference = SemsegPSPNet(50, classes=3, width=8)
+    state = reference.state_dict()
+    del state["layer2.1.conv2.weight"]
+    state["ppm.features.4.1.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "broken.pth")
+    with pytest.raises(SystemExit, match=r"broken\.pth: .*missing keys \[layer2\.1\.conv2\.weight\]; "
+                                         r"unexpected keys \[ppm\.features\.4\.1\.weight\]"):
+        convert.main(["semseg-pspnet", str(tmp_path / "broken.pth"), str(tmp_path / "out.keras")])
+    assert not (tmp_path / "out.keras").exists()
+
+    # An mmsegmentation checkpoint given as semseg's: refused, naming the key it lacks.
+    _save_mmseg(MmsegPSPNet(50, classes=3, width=8), tmp_path / "mmseg.pth")
+    with pytest.raises(SystemExit, match=r"mmseg\.pth: not a semseg PSPNet checkpoint: missing keys \[cls\.4\.weight\]"):
+        convert.main(["semseg-pspnet", str(tmp_path / "mmseg.pth"), str(tmp_path / "out.keras")])
+
+
+@pytest.mark.slow
+def test_command_line_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "taken.keras").write_bytes(b"")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for args, expected in [
+        (["mmseg-pspnet", str(tmp_path / "junk.pth"), str(tmp_path / "out.keras")], "junk.pth: not a PyTorch"),
+        (["mmseg-pspnet", str(tmp_path / "junk.pth"), str(tmp_path / "taken.keras")], "taken.keras: exists already"),
+        (["mmseg-pspnet", str(tmp_path / "missing.pth"), str(tmp_path / "out.keras")], "missing.pth: no such file"),
+    ]:
+        run = subprocess.run([sys.executable, "-m", "models.convert", *args], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode != 0
+        assert expected in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_converted_model_exports_to_a_saved_model(tmp_path, torch_seed):
+    reference = randomize(SemsegPSPNet(50, classes=5, width=8), seed=4)
+    _save_semseg(reference, tmp_path / "m.pth")
+    convert.main(["semseg-pspnet", str(tmp_path / "m.pth"), str(tmp_path / "m.keras")])
+    infer = inference_model(keras.saving.load_model(tmp_path / "m.keras", safe_mode=True))
+    infer.export(str(tmp_path / "saved_model"), verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    image = _photo(33, 49)
+    # The SavedModel runs a Grappler-optimised graph (fused conv + BN): rounding differs slightly.
+    np.testing.assert_allclose(reloaded.serve(image).numpy(), infer(image).numpy(), rtol=1e-4, atol=1e-4)
