@@ -18,8 +18,12 @@ auxiliary head are read from the weights.
   `{'meta', 'state_dict'}`; `backbone.stem.{0,1,3,4,6,7}`, `backbone.layer1..4`,
   `decode_head.psp_modules.{i}.1.{conv,bn}`, `decode_head.bottleneck.{conv,bn}`,
   `decode_head.conv_seg`, `auxiliary_head.convs.0.{conv,bn}`, `auxiliary_head.conv_seg`.
-  Dilation leaves no trace in the weights: only "-D8" checkpoints (output
-  stride 8, the Cityscapes PSPNets of its model zoo) convert correctly.
+  Dilation and align_corners leave no trace in the weights: they are read from
+  the config text that mmsegmentation 0.x stores in meta["config"] (its
+  Cityscapes 769x769 models set align_corners=True: layout "mmseg_769x769");
+  a checkpoint whose config is not "-D8" (dilations (1, 1, 2, 4),
+  contract_dilation=True) is refused. Without a config, "-D8" with
+  align_corners=False (the 512x1024 models) is assumed.
 
 Input normalisation: both sources feed (RGB - 255 * [0.485, 0.456, 0.406]) /
 (255 * [0.229, 0.224, 0.225]) (semseg's tool/test.py; mmsegmentation's
@@ -27,6 +31,7 @@ data_preprocessor with bgr_to_rgb=True), which is this project's contract
 (models.resnet.INPUT_MEAN / INPUT_STD): nothing is folded into the first conv.
 """
 import dataclasses
+import re
 
 from models.pspnet.model import build_pspnet
 from models.resnet import resnet_depth
@@ -75,7 +80,8 @@ def convert_mmseg(checkpoint):
 
 
 def _convert(checkpoint, source):
-    state, _ = read_state_dict(checkpoint)
+    state, meta = read_state_dict(checkpoint)
+    layout = _mmseg_layout(meta, checkpoint) if source is _MMSEG else source.layout
     classifier_key = source.head_keys["head_classifier"] + ".weight"
     if classifier_key not in state:
         raise CheckpointMismatch(
@@ -88,7 +94,7 @@ def _convert(checkpoint, source):
     if width_key not in state:
         raise CheckpointMismatch(f"{checkpoint}: checkpoint does not match the model: missing keys [{width_key}].")
     base_width = int(state.tensors[width_key].shape[0])
-    model = build_pspnet(num_classes, f"resnet{depth}", aux, layout=source.layout, bins=BINS, base_width=base_width)
+    model = build_pspnet(num_classes, f"resnet{depth}", aux, layout=layout, bins=BINS, base_width=base_width)
     set_resnet(model.get_layer("backbone"), state, source.backbone_prefix, stem="deep",
                stem_prefix=source.stem_prefix)
     for layer in model.layers:
@@ -101,6 +107,18 @@ def _convert(checkpoint, source):
             set_conv(layer, state, key, bias=layer.name.endswith("_classifier"))
     state.check_all_used()
     return model
+
+
+def _mmseg_layout(meta, checkpoint):
+    """"mmseg" or "mmseg_769x769" from the config text in an mmsegmentation checkpoint's meta, if it has one."""
+    config = meta.get("meta", {}).get("config") if isinstance(meta.get("meta"), dict) else None
+    if not isinstance(config, str):
+        return "mmseg"
+    squeezed = re.sub(r"\s+", "", config)
+    if "dilations=(1,1,2,4)" not in squeezed or "contract_dilation=True" not in squeezed:
+        raise CheckpointMismatch(f"{checkpoint}: its config is not a ResNetV1c \"-D8\" backbone (dilations=(1, 1, 2, 4), "
+                                 "contract_dilation=True): only mmsegmentation's PSPNet R-xx-D8 models convert.")
+    return "mmseg_769x769" if "align_corners=True" in squeezed else "mmseg"
 
 
 def _head_key(layer_name, source):

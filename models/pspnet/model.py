@@ -25,6 +25,8 @@ converted weights compute what they computed in their source (LAYOUTS below):
 - "mmseg": mmsegmentation's PSPNet on ResNetV1c "-D8": stride on the 3x3, deep
   stem 32/32/64, contracted dilation (the first block of a dilated stage uses
   half the dilation), align_corners=False, Dropout2d.
+- "mmseg_769x769": the same with align_corners=True, as mmsegmentation's
+  Cityscapes 769x769 configs set it in both heads (and so for the output).
 The PyTorch layouts use PyTorch's BatchNorm epsilon, 1e-5.
 
 The classifiers and resizes run in float32, so logits are float32 under any
@@ -63,6 +65,7 @@ LAYOUTS = {
     "caffe": Layout("1x1", BN_EPSILON, False, False, False, False),
     "semseg": Layout("3x3", 1e-5, False, False, True, True),
     "mmseg": Layout("3x3", 1e-5, True, True, False, True),
+    "mmseg_769x769": Layout("3x3", 1e-5, True, True, True, True),
 }
 
 
@@ -87,9 +90,9 @@ class PSPNet(keras.Model):
       num_classes: number of output classes C.
       backbone: one of BACKBONES ("resnet18" ... "resnet152").
       aux: add the auxiliary head on C4 (training); see inference_model().
-      layout: "caffe" (default), "semseg" or "mmseg": which implementation's
-        computation to reproduce (module docstring); "semseg" and "mmseg" need
-        a bottleneck backbone (resnet50/101/152) and the deep stem.
+      layout: "caffe" (default), "semseg", "mmseg" or "mmseg_769x769": which
+        implementation's computation to reproduce (module docstring); all but
+        "caffe" need a bottleneck backbone (resnet50/101/152) and the deep stem.
       stem: "deep" (the paper's) or "standard" (needed for backbone_weights).
       output_stride: 8 (the paper's), 16 or 32.
       base_width: 64 in the paper; smaller values shrink every channel count.

@@ -10,7 +10,8 @@
   stem_channels // 2, stem_channels; strides (1, 2, 1, 1), dilations (1, 1, 2, 4),
   contract_dilation=True, style="pytorch"), PSPHead (pool_scales (1, 2, 3, 6),
   channels 512) and FCNHead aux (num_convs=1, concat_input=False, channels 256),
-  align_corners=False, as configs/_base_/models/pspnet_r50-d8.py; mmcv's ConvModule
+  align_corners=False, as configs/_base_/models/pspnet_r50-d8.py (True in the
+  *_cityscapes-769x769.py configs); mmcv's ConvModule
   reproduced as conv (no bias) + `bn` + ReLU, so the keys match
   (`backbone.stem.*`, `decode_head.psp_modules.{i}.1.conv`, `auxiliary_head.convs.0.bn`, ...).
   mmseg/mmcv need compiled ops and cannot be installed here.
@@ -159,8 +160,9 @@ class _ResNetV1c(nn.Module):
 
 
 class _PSPHead(nn.Module):
-    def __init__(self, in_channels, channels, classes, pool_scales=(1, 2, 3, 6)):
+    def __init__(self, in_channels, channels, classes, pool_scales=(1, 2, 3, 6), align_corners=False):
         super().__init__()
+        self.align_corners = align_corners
         self.psp_modules = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), _ConvModule(in_channels, channels, 1)) for s in pool_scales)
         self.bottleneck = _ConvModule(in_channels + len(pool_scales) * channels, channels, 3, padding=1)
@@ -168,7 +170,7 @@ class _PSPHead(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
 
     def forward(self, x):
-        outs = [x] + [F.interpolate(m(x), x.shape[2:], mode="bilinear", align_corners=False)
+        outs = [x] + [F.interpolate(m(x), x.shape[2:], mode="bilinear", align_corners=self.align_corners)
                       for m in self.psp_modules]
         return self.conv_seg(self.dropout(self.bottleneck(torch.cat(outs, 1))))
 
@@ -185,16 +187,19 @@ class _FCNHead(nn.Module):
 
 
 class MmsegPSPNet(nn.Module):
-    def __init__(self, depth=50, classes=19, width=64):
+    """align_corners: False in the 512x1024 configs, True in the 769x769 ones (both heads and the output)."""
+
+    def __init__(self, depth=50, classes=19, width=64, align_corners=False):
         super().__init__()
+        self.align_corners = align_corners
         self.backbone = _ResNetV1c(depth, width)
-        self.decode_head = _PSPHead(32 * width, 8 * width, classes)
+        self.decode_head = _PSPHead(32 * width, 8 * width, classes, align_corners=align_corners)
         self.auxiliary_head = _FCNHead(16 * width, 4 * width, classes)
 
     def forward(self, img):
-        """EncoderDecoder.encode_decode: decode head on C5, logits resized to the image (align_corners=False)."""
+        """EncoderDecoder.encode_decode: decode head on C5, logits resized to the image (the head's align_corners)."""
         out = self.decode_head(self.backbone(img)[3])
-        return F.interpolate(out, img.shape[2:], mode="bilinear", align_corners=False)
+        return F.interpolate(out, img.shape[2:], mode="bilinear", align_corners=self.align_corners)
 
 
 def randomize(module, seed):

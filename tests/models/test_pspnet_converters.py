@@ -41,10 +41,21 @@ def _save_semseg(model, path):
     torch.save({"epoch": 200, "state_dict": state, "optimizer": optimizer.state_dict()}, path)
 
 
-def _save_mmseg(model, path):
+def _mmseg_config(align_corners=False, dilations="(1, 1, 2, 4)"):
+    """The model part of the config text mmsegmentation 0.x stores in meta["config"] (cfg.pretty_text)."""
+    head = f"norm_cfg=dict(type='SyncBN', requires_grad=True),\n        align_corners={align_corners},"
+    return (f"norm_cfg = dict(type='SyncBN', requires_grad=True)\nmodel = dict(\n    type='EncoderDecoder',\n"
+            f"    backbone=dict(\n        type='ResNetV1c',\n        depth=50,\n        dilations={dilations},\n"
+            f"        strides=(1, 2, 1, 1),\n        style='pytorch',\n        contract_dilation=True),\n"
+            f"    decode_head=dict(\n        type='PSPHead',\n        {head}),\n"
+            f"    auxiliary_head=dict(\n        type='FCNHead',\n        {head}))\n")
+
+
+def _save_mmseg(model, path, config=None):
     """As mmsegmentation publishes: {'meta': {...}, 'state_dict': ...} (no prefix)."""
-    meta = {"mmseg_version": "0.5.0", "CLASSES": ("road", "sidewalk"), "PALETTE": [[128, 64, 128], [244, 35, 232]],
-            "config": "model = dict(type='EncoderDecoder', ...)"}
+    meta = {"mmseg_version": "0.5.0+b2724da", "CLASSES": ("road", "sidewalk"),
+            "PALETTE": [[128, 64, 128], [244, 35, 232]],
+            "config": _mmseg_config(getattr(model, "align_corners", False)) if config is None else config}
     torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
 
 
@@ -89,6 +100,23 @@ def test_depth_width_and_classes_are_read_from_the_weights(tmp_path, torch_seed,
     model = convert.main([f"{source}-pspnet", str(checkpoint), str(out)])
     assert model.get_config()["backbone"] == f"resnet{depth}" and model.get_config()["base_width"] == 8
     _compare(model, reference, _photo(*size))
+
+
+def test_mmseg_769x769_models_take_align_corners_from_the_config(tmp_path, torch_seed):
+    reference = randomize(MmsegPSPNet(50, classes=4, width=8, align_corners=True), seed=5)
+    _save_mmseg(reference, tmp_path / "m.pth")
+    model = convert.main(["mmseg-pspnet", str(tmp_path / "m.pth"), str(tmp_path / "m.keras")])
+    assert model.layout == "mmseg_769x769"
+    _compare(model, reference, _photo(45, 67))
+
+
+def test_mmseg_without_config_is_taken_as_512x1024_and_d32_is_refused(tmp_path, torch_seed):
+    reference = randomize(MmsegPSPNet(50, classes=4, width=8), seed=6)
+    _save_mmseg(reference, tmp_path / "m.pth", config={})
+    assert convert.main(["mmseg-pspnet", str(tmp_path / "m.pth"), str(tmp_path / "m.keras")]).layout == "mmseg"
+    _save_mmseg(reference, tmp_path / "d32.pth", config=_mmseg_config(dilations="(1, 1, 1, 1)"))
+    with pytest.raises(SystemExit, match=r"d32\.pth: its config is not a ResNetV1c \"-D8\" backbone"):
+        convert.main(["mmseg-pspnet", str(tmp_path / "d32.pth"), str(tmp_path / "d32.keras")])
 
 
 def test_semseg_without_aux_head_converts(tmp_path, torch_seed):
