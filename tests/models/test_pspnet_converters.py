@@ -147,17 +147,21 @@ def test_a_wrong_checkpoint_is_refused_with_its_keys(tmp_path, torch_seed):
 @pytest.mark.slow
 def test_command_line_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    (tmp_path / "taken.keras").write_bytes(b"")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for args, expected in [
-        (["mmseg-pspnet", str(tmp_path / "junk.pth"), str(tmp_path / "out.keras")], "junk.pth: not a PyTorch"),
-        (["mmseg-pspnet", str(tmp_path / "junk.pth"), str(tmp_path / "taken.keras")], "taken.keras: exists already"),
-        (["mmseg-pspnet", str(tmp_path / "missing.pth"), str(tmp_path / "out.keras")], "missing.pth: no such file"),
-    ]:
-        run = subprocess.run([sys.executable, "-m", "models.convert", *args], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode != 0
-        assert expected in run.stderr and "Traceback" not in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "models.convert", "mmseg-pspnet", str(tmp_path / "junk.pth"),
+                          str(tmp_path / "out.keras")], cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert "junk.pth: not a PyTorch weights checkpoint" in run.stderr.strip().splitlines()[-1]
+
+
+def test_existing_output_and_missing_input_are_refused(tmp_path):
+    (tmp_path / "taken.keras").write_bytes(b"mine")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"taken\.keras: exists already; pass --overwrite"):
+        convert.main(["mmseg-pspnet", str(tmp_path / "junk.pth"), str(tmp_path / "taken.keras")])
+    with pytest.raises(SystemExit, match=r"missing\.pth: no such file"):
+        convert.main(["mmseg-pspnet", str(tmp_path / "missing.pth"), str(tmp_path / "out.keras")])
+    assert (tmp_path / "taken.keras").read_bytes() == b"mine"
 
 
 @pytest.mark.slow
@@ -171,3 +175,24 @@ def test_converted_model_exports_to_a_saved_model(tmp_path, torch_seed):
     image = _photo(33, 49)
     # The SavedModel runs a Grappler-optimised graph (fused conv + BN): rounding differs slightly.
     np.testing.assert_allclose(reloaded.serve(image).numpy(), infer(image).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_converted_model_works_with_evaluate_and_predict(tmp_path, torch_seed):
+    # The README's commands on a converted file: whole image, and sliding + flip + multi-scale.
+    import evaluate
+    import predict
+    from data import samples
+
+    reference = randomize(SemsegPSPNet(50, classes=19, width=8), seed=7)
+    _save_semseg(reference, tmp_path / "m.pth")
+    convert.main(["semseg-pspnet", str(tmp_path / "m.pth"), str(tmp_path / "m.keras")])
+    samples.main(["cityscapes", str(tmp_path / "data"), "--num-train", "1", "--num-val", "1", "--size", "65x97"])
+    for name, flags in [("whole", []), ("tta", ["--sliding", "--crop", "33", "--flip", "--scales", "0.75,1"])]:
+        metrics = evaluate.main(["--checkpoint", str(tmp_path / "m.keras"), "--data", str(tmp_path / "data"),
+                                 "--split", "val", "--out", str(tmp_path / name), *flags])
+        assert 0.0 <= metrics["mIoU"] <= 1.0
+    Image.fromarray(np.uint8(_photo(49, 57)[0] * INPUT_STD + INPUT_MEAN)).save(tmp_path / "photo.png")
+    written = predict.main(["--checkpoint", str(tmp_path / "m.keras"), str(tmp_path / "photo.png"),
+                            "--out", str(tmp_path / "predict"), "--flip"])
+    assert np.asarray(Image.open(written[0])).shape == (49, 57, 3)
