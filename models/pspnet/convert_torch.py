@@ -19,7 +19,7 @@ auxiliary head are read from the weights.
   `decode_head.psp_modules.{i}.1.{conv,bn}`, `decode_head.bottleneck.{conv,bn}`,
   `decode_head.conv_seg`, `auxiliary_head.convs.0.{conv,bn}`, `auxiliary_head.conv_seg`.
   Dilation and align_corners leave no trace in the weights: they are read from
-  the config text that mmsegmentation 0.x stores in meta["config"] (its
+  the config text that mmsegmentation stores in meta["config"] (its
   Cityscapes 769x769 models set align_corners=True: layout "mmseg_769x769");
   a checkpoint whose config is not "-D8" (dilations (1, 1, 2, 4),
   contract_dilation=True) is refused. Without a config, "-D8" with
@@ -72,7 +72,7 @@ def convert_semseg(checkpoint):
 
 
 def convert_mmseg(checkpoint):
-    """mmsegmentation PSPNet R-50/101/152-D8 checkpoint (.pth) -> PSPNet(layout="mmseg") keras.Model.
+    """mmsegmentation PSPNet R-50/101-D8 checkpoint (.pth) -> PSPNet(layout="mmseg" or "mmseg_769x769") keras.Model.
 
     Raises CheckpointMismatch (one line naming the file) for a checkpoint that does not fit.
     """
@@ -111,7 +111,8 @@ def _convert(checkpoint, source):
 
 def _mmseg_layout(meta, checkpoint):
     """"mmseg" or "mmseg_769x769" from the config text in an mmsegmentation checkpoint's meta, if it has one."""
-    config = meta.get("meta", {}).get("config") if isinstance(meta.get("meta"), dict) else None
+    info = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
+    config = info.get("config", info.get("cfg"))  # 0.x stores "config", mmengine-era checkpoints "cfg"
     if not isinstance(config, str):
         return "mmseg"
     squeezed = re.sub(r"\s+", "", config)
