@@ -7,7 +7,10 @@
 PSPNet output in OUT: metrics.json (mIoU, per_class_iou, pixel_accuracy,
 mean_class_accuracy, confusion_matrix), <city>_<seq>_<frame>_pred_labelIds.png
 (single-channel labelIds, what the official evaluator and the test server
-read), <...>_pred_color.png, and confusion_matrix.png. Scores are computed at
+read: `CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling`), confusion_matrix.png,
+and colour previews in OUT/color/color_<city>_<seq>_<frame>.png. The evaluator
+searches CITYSCAPES_RESULTS recursively for "<city>_<seq>_<frame>*.png", so the
+previews' names start with "color_": no file but the labelIds PNG matches. Scores are computed at
 full label resolution, over the 19 classes; a class absent from both the
 ground truth and the predictions has no IoU and is left out of the mean, as in
 the official cityscapesScripts evaluator.
@@ -193,7 +196,7 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     from models.pspnet.inference import colorize, predict_classes, predict_logits
 
     scores = SegmentationScores(num_classes)
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "color"), exist_ok=True)
     for batch in dataset:
         probabilities = predict_logits(model, batch["image"], mode=mode, crop_size=crop_size, stride=stride,
                                        flip=flip, scales=scales)
@@ -204,7 +207,8 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
             if write_predictions:
                 _write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
                            cityscapes.to_label_ids(predictions[i]))
-                _write_png(os.path.join(out_dir, f"{example_id}_pred_color.png"),
+                # Named so that the official evaluator's "<city>_<seq>_<frame>*.png" search skips it.
+                _write_png(os.path.join(out_dir, "color", f"color_{example_id}.png"),
                            colorize(predictions[i], cityscapes.CLASS_COLORS))
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])

@@ -55,21 +55,42 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         return {**super().get_config(), "output_size": self.output_size}
 
 
+def _bilinear_resize(x, size, align_corners):
+    """Bilinear resize, no antialiasing: half-pixel centres, or PyTorch's align_corners=True.
+
+    With align_corners the corner pixels of input and output coincide: output
+    index i reads input coordinate i * (in - 1) / (out - 1) (index 0 when out
+    is 1, as PyTorch). Both forms have gradients.
+    """
+    if align_corners:
+        return tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=True, half_pixel_centers=False)
+    return tf.image.resize(x, size, method="bilinear")
+
+
 @keras.saving.register_keras_serializable(package="models")
 class ResizeLike(keras.layers.Layer):
     """Bilinear resize of a tensor to the spatial size of a reference tensor.
 
     Convention (used everywhere in this project): half-pixel centres, i.e.
     PyTorch's align_corners=False / tf.image.resize, no antialiasing.
+    align_corners=True reproduces PyTorch's F.interpolate(align_corners=True),
+    which semseg's PSPNet uses.
 
     Call: [x [B, h, w, C] float, reference [B, H, W, ...]] -> [B, H, W, C] in the
     layer's compute dtype (set dtype="float32" for logits under mixed precision).
     """
 
+    def __init__(self, align_corners=False, **kwargs):
+        super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
+
     def call(self, inputs):
         x, reference = inputs
-        y = tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear")
+        y = _bilinear_resize(x, tf.shape(reference)[1:3], self.align_corners)
         return tf.cast(y, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "align_corners": self.align_corners}
 
     def compute_output_shape(self, input_shapes):
         x_shape, reference_shape = input_shapes
@@ -115,14 +136,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-def _resize_matrix(source, target, dtype):
-    """[target, source]: row y holds the weights tf.image.resize(method="bilinear") gives source rows for row y.
+def _resize_matrix(source, target, dtype, align_corners=False):
+    """[target, source]: row y holds the weights a bilinear resize gives source rows for row y.
 
     Built by resizing an identity matrix, so it matches the resize kernel exactly
-    (half-pixel centres, clamped at the edges, no antialiasing; up or down).
+    (half-pixel centres or align_corners, clamped at the edges, no antialiasing; up or down).
     """
     identity = tf.eye(source, dtype=tf.float32)[None, :, None, :]  # [1, source, 1, source]
-    rows = tf.image.resize(identity, tf.stack([target, 1]), method="bilinear")[0, :, 0, :]
+    rows = _bilinear_resize(identity, tf.stack([target, 1]), align_corners)[0, :, 0, :]
     return tf.cast(rows, dtype)
 
 
@@ -146,17 +167,19 @@ class PyramidConv2D(keras.layers.Layer):
     Args:
       filters: output channels.
       kernel_size: odd int.
+      align_corners: resize the branches as ResizeLike(align_corners=...) does.
 
     Call: [x [B, h, w, C_x], p_1 [B, b_1, b'_1, C_1], ...] -> [B, h, w, filters].
     """
 
-    def __init__(self, filters, kernel_size=3, kernel_initializer="he_normal", **kwargs):
+    def __init__(self, filters, kernel_size=3, kernel_initializer="he_normal", align_corners=False, **kwargs):
         super().__init__(**kwargs)
         if kernel_size % 2 != 1:
             raise ValueError(f"PyramidConv2D needs an odd kernel_size, got {kernel_size}.")
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.align_corners = bool(align_corners)
 
     def build(self, input_shapes):
         self.split_sizes = [int(shape[-1]) for shape in input_shapes]
@@ -171,8 +194,10 @@ class PyramidConv2D(keras.layers.Layer):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         for p, kernel in zip(branches, kernels[1:]):
             # Row i of `rows` reads source rows for output row y + i - half (zero outside the image).
-            rows = _shifted_resize_matrices(tf.shape(p)[1], height, self.kernel_size, self.compute_dtype)
-            cols = _shifted_resize_matrices(tf.shape(p)[2], width, self.kernel_size, self.compute_dtype)
+            rows = _shifted_resize_matrices(tf.shape(p)[1], height, self.kernel_size, self.compute_dtype,
+                                            self.align_corners)
+            cols = _shifted_resize_matrices(tf.shape(p)[2], width, self.kernel_size, self.compute_dtype,
+                                            self.align_corners)
             taps = tf.einsum("bacp,ijpo->bijaco", p, kernel)  # each bin's contribution per tap
             along_rows = tf.einsum("iya,bijaco->byjco", rows, taps)
             out += tf.einsum("jxc,byjco->byxo", cols, along_rows)
@@ -183,11 +208,12 @@ class PyramidConv2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "align_corners": self.align_corners}
 
 
-def _shifted_resize_matrices(source, target, kernel_size, dtype):
+def _shifted_resize_matrices(source, target, kernel_size, dtype, align_corners=False):
     """[kernel_size, target, source]: slice i is the resize matrix with output row y taken from row y + i - k // 2."""
     half = kernel_size // 2
-    rows = tf.pad(_resize_matrix(source, target, dtype), [[half, half], [0, 0]])
+    rows = tf.pad(_resize_matrix(source, target, dtype, align_corners), [[half, half], [0, 0]])
     return tf.stack([rows[i:i + target] for i in range(kernel_size)])

@@ -19,7 +19,9 @@ layers are `conv1_1_*`, `conv1_2_*`, `conv1_3_*`.
 
 Output stride 8 / 16 replaces the striding of stage 4 and/or 5 by dilation
 (stage 4 dilation 2, stage 5 dilation 4 at stride 8; stage 5 dilation 2 at
-stride 16) in every 3x3 conv of the stage, as PSPNet does; in basic blocks the
+stride 16) in every 3x3 conv of the stage, as PSPNet (Caffe) and semseg do;
+with contract_dilation (mmsegmentation's ResNetV1c "-D8" models) the first
+block of a dilated stage uses half the stage's dilation. In basic blocks the
 first conv of a stage (the one that would have strided) keeps the previous
 stage's dilation. This is the exact "a trous" conversion: with the same
 weights, the stride-8 C5 taken at every 4th pixel equals the stride-32 C5
@@ -51,6 +53,13 @@ _LAYOUTS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+
+
+
+def resnet_depth(block_type, blocks_per_stage):
+    """The depth of the ResNet with these blocks, e.g. ("bottleneck", (3, 4, 23, 3)) -> 101; None if none has them."""
+    return next((d for d, layout in _LAYOUTS.items() if layout == (block_type, tuple(blocks_per_stage))), None)
+
 
 # output stride -> (strides, dilations) of stages 2..5
 _STRIDES = {
@@ -131,6 +140,8 @@ def build_resnet(
     base_width=64,
     stride_on="1x1",
     bn_epsilon=BN_EPSILON,
+    stem_width=None,
+    contract_dilation=False,
     sync_bn=False,
     input_shape=(None, None, 3),
     name=None,
@@ -147,6 +158,13 @@ def build_resnet(
         which conv of a bottleneck carries the stage's stride.
       bn_epsilon: BatchNormalization epsilon (PyTorch's is 1e-5; the default is
         Keras Applications').
+      stem_width: channels of the deep stem's first two convs (the third has
+        twice as many); default base_width (PSPNet, semseg: 64/64/128);
+        mmsegmentation's ResNetV1c uses base_width / 2 (32/32/64).
+      contract_dilation: the first block of a dilated stage uses half the
+        stage's dilation (mmsegmentation's contract_dilation=True); otherwise
+        every block of the stage uses the full dilation (Caffe PSPNet, semseg).
+        Bottleneck backbones only.
       sync_bn: synchronized BatchNormalization across tf.distribute replicas.
       input_shape: (H, W, 3); None for any size.
 
@@ -166,6 +184,8 @@ def build_resnet(
     if output_stride not in _STRIDES:
         raise ValueError(f"output_stride must be one of {sorted(_STRIDES)}, got {output_stride}.")
     block_type, blocks_per_stage = _LAYOUTS[depth]
+    if contract_dilation and block_type != "bottleneck":
+        raise ValueError(f"contract_dilation is implemented for bottleneck ResNets (50/101/152), not ResNet{depth}.")
     block = _bottleneck if block_type == "bottleneck" else _basic
     strides, dilations = _STRIDES[output_stride]
     w = base_width
@@ -173,9 +193,10 @@ def build_resnet(
     norm = {"sync_bn": sync_bn, "bn_epsilon": bn_epsilon}
     images = keras.Input(shape=input_shape, name="images")
     if stem == "deep":
-        x = conv_bn(images, w, 3, "conv1_1", stride=2, **norm)
-        x = conv_bn(x, w, 3, "conv1_2", **norm)
-        x = conv_bn(x, 2 * w, 3, "conv1_3", **norm)
+        s = stem_width or w
+        x = conv_bn(images, s, 3, "conv1_1", stride=2, **norm)
+        x = conv_bn(x, s, 3, "conv1_2", **norm)
+        x = conv_bn(x, 2 * s, 3, "conv1_3", **norm)
     else:
         x = conv_bn(images, w, 7, "conv1", stride=2, **norm)
     # Zero padding before the max pool is exact: its input is post-ReLU (>= 0).
@@ -188,11 +209,12 @@ def build_resnet(
         filters = w * 2 ** (stage - 2)
         for i in range(num_blocks):
             first = i == 0
+            block_dilation = dilation // 2 if first and contract_dilation and dilation > 1 else dilation
             x = block(
                 x,
                 filters,
                 stride if first else 1,
-                dilation,
+                block_dilation,
                 input_dilation if first else dilation,
                 f"conv{stage}_block{i + 1}",
                 sync_bn,

@@ -165,14 +165,17 @@ def chw_to_hwc_permutation(channels, height, width):
     return np.arange(channels * height * width).reshape(channels, height, width).transpose(1, 2, 0).reshape(-1)
 
 
-def set_resnet(backbone, state, prefix, *, stem="standard"):
+def set_resnet(backbone, state, prefix, *, stem="standard", stem_prefix=None):
     """Copies a PyTorch ResNet (torchvision's key layout) into a `models.resnet.build_resnet` model.
 
     Keys: `{prefix}conv1`/`bn1` (standard stem) or `{prefix}conv1..3`/`bn1..3`
     (semseg's deep stem), `{prefix}layer{s}.{i}.conv{j}`/`bn{j}` and
-    `{prefix}layer{s}.{i}.downsample.0/1`. Build the Keras model with
-    stride_on="3x3" (PyTorch's bottleneck) and bn_epsilon=1e-5 to compute what
-    PyTorch computes. Missing keys are recorded in `state` (see check_all_used).
+    `{prefix}layer{s}.{i}.downsample.0/1`. A deep stem held in an nn.Sequential
+    of (conv, BN, ReLU) x 3 (semseg's PSPNet `layer0.`, mmsegmentation's
+    ResNetV1c `backbone.stem.`) is read from `{stem_prefix}0/1`, `3/4`, `6/7`
+    instead. Build the Keras model with stride_on="3x3" (PyTorch's bottleneck)
+    and bn_epsilon=1e-5 to compute what PyTorch computes. Missing keys are
+    recorded in `state` (see check_all_used).
     """
     for layer in backbone.layers:
         if not layer.weights:
@@ -182,9 +185,12 @@ def set_resnet(backbone, state, prefix, *, stem="standard"):
         parts = base.split("_")
         if parts[0] == "conv1":
             index = parts[1] if len(parts) > 1 else "1"  # deep stem conv1_1..3 -> conv1..3 / bn1..3
-            key = f"{prefix}{'conv' if kind == 'conv' else 'bn'}{index}"
             if stem == "standard" and index != "1":
                 raise ValueError(f"layer {name!r} is not in a standard-stem ResNet.")
+            if stem_prefix is not None:
+                key = f"{stem_prefix}{3 * (int(index) - 1) + (kind != 'conv')}"
+            else:
+                key = f"{prefix}{'conv' if kind == 'conv' else 'bn'}{index}"
         else:
             stage, block, conv = int(parts[0][4:]), int(parts[1][5:]), int(parts[2])
             unit = f"{prefix}layer{stage - 1}.{block - 1}."

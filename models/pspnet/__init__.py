@@ -1,4 +1,6 @@
-"""PSPNet: the model (layout variants), its inference (whole / sliding / flip / multi-scale), and converters."""
-from models.pspnet.model import build_pspnet, head_layer_names, inference_model
+"""PSPNet: the model (layout variants), its inference (whole / sliding / flip / multi-scale), converters
+(models/pspnet/convert_torch.py) and fine-tuning from a saved model."""
+from models.pspnet.fine_tuning import build_from, init_from
+from models.pspnet.model import LAYOUTS, PSPNet, build_pspnet, head_layer_names, inference_model
 
-__all__ = ["build_pspnet", "head_layer_names", "inference_model"]
+__all__ = ["LAYOUTS", "PSPNet", "build_from", "build_pspnet", "head_layer_names", "inference_model", "init_from"]

@@ -126,7 +126,8 @@ def test_cli_on_a_checkpoint_writes_everything_and_refuses_to_overwrite(tmp_path
     assert 0.0 <= metrics["mIoU"] <= 1.0 and len(metrics["per_class_iou"]) == C
     names = os.listdir(out)
     assert sum(n.endswith("_pred_labelIds.png") for n in names) == 2
-    assert sum(n.endswith("_pred_color.png") for n in names) == 2
+    assert sorted(os.listdir(os.path.join(out, "color"))) == sorted(
+        "color_" + n.replace("_pred_labelIds", "") for n in names if n.endswith("_pred_labelIds.png"))
     with pytest.raises(SystemExit, match="--overwrite"):
         evaluate.main(["--checkpoint", checkpoint, "--data", root, "--out", out])
     with pytest.raises(SystemExit, match="no such file"):

@@ -40,10 +40,42 @@ def _numpy_adaptive_average(x, out_h, out_w):
 
 @pytest.mark.slow
 def test_trainable_parameter_counts_match_reference():
-    for backbone, expected in [("resnet101", 68_072_166), ("resnet50", 49_080_038)]:
-        model = build_pspnet(19, backbone, aux=True)
+    # semseg's PSPNet50/101 and mmsegmentation's PSPNet R-50-D8 (its deep stem is 32/32/64), 19 classes.
+    for backbone, layout, expected in [("resnet101", "caffe", 68_072_166), ("resnet50", "caffe", 49_080_038),
+                                       ("resnet101", "semseg", 68_072_166), ("resnet50", "semseg", 49_080_038),
+                                       ("resnet50", "mmseg", 48_975_494)]:
+        model = build_pspnet(19, backbone, aux=True, layout=layout)
         count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        assert count == expected, backbone
+        assert count == expected, (backbone, layout)
+
+
+def test_layouts_differ_only_where_their_sources_do():
+    caffe, semseg, mmseg = (build_pspnet(3, "resnet50", base_width=8, layout=layout)
+                            for layout in ("caffe", "semseg", "mmseg"))
+    for model, stride_1x1 in [(caffe, (2, 2)), (semseg, (1, 1)), (mmseg, (1, 1))]:
+        assert model.get_layer("backbone").get_layer("conv3_block1_1_conv").strides == stride_1x1
+    first, second = "conv5_block1_2_conv", "conv5_block2_2_conv"
+    assert [semseg.get_layer("backbone").get_layer(n).dilation_rate for n in (first, second)] == [(4, 4), (4, 4)]
+    assert [mmseg.get_layer("backbone").get_layer(n).dilation_rate for n in (first, second)] == [(2, 2), (4, 4)]
+    assert mmseg.get_layer("backbone").get_layer("conv1_1_conv").filters == 4  # half of base_width
+    assert semseg.get_layer("logits").align_corners and not mmseg.get_layer("logits").align_corners
+    assert isinstance(semseg.get_layer("head_dropout"), keras.layers.SpatialDropout2D)
+    assert caffe.get_config()["layout"] == "caffe" and mmseg.layout == "mmseg"
+    with pytest.raises(ValueError, match="layout must be one of"):
+        build_pspnet(3, "resnet50", layout="torch")
+    with pytest.raises(ValueError, match="bottleneck backbone"):
+        build_pspnet(3, "resnet18", layout="semseg")
+
+
+def test_resize_like_align_corners_equals_torch():
+    import torch
+
+    x = np.random.default_rng(9).normal(size=(1, 3, 5, 2)).astype(np.float32)
+    for size in [(7, 11), (1, 4), (3, 5)]:
+        expected = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size, mode="bilinear",
+                                                   align_corners=True).numpy().transpose(0, 2, 3, 1)
+        got = ResizeLike(align_corners=True)([x, np.zeros((1, *size, 1), np.float32)]).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(97, 131), (512, 1024), (713, 713)])

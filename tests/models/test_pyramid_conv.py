@@ -37,6 +37,24 @@ def test_equals_concatenate_then_conv(size, kernel_size):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(11, 13), (1, 1), (4, 3)])
+def test_align_corners_equals_torch_interpolate_then_conv(size):
+    # semseg's pyramid: F.interpolate(..., align_corners=True) of every branch, then the 3x3 conv.
+    import torch
+
+    rng = np.random.default_rng(4)
+    inputs = _inputs(rng, size)
+    layer = PyramidConv2D(4, 3, align_corners=True)
+    layer(inputs)
+    x = inputs[0]
+    resized = [torch.nn.functional.interpolate(torch.from_numpy(p.numpy().transpose(0, 3, 1, 2)), size,
+                                               mode="bilinear", align_corners=True).numpy().transpose(0, 2, 3, 1)
+               for p in inputs[1:]]
+    expected = tf.nn.conv2d(tf.concat([x] + resized, axis=-1), layer.kernel, strides=1, padding="SAME")
+    np.testing.assert_allclose(layer(inputs).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert PyramidConv2D.from_config(layer.get_config()).align_corners
+
+
 def test_gradients_equal_concatenate_then_conv():
     rng = np.random.default_rng(1)
     inputs = _inputs(rng, (10, 7))
