@@ -1,4 +1,4 @@
-"""The converted torchvision Mask R-CNN (v1) against torchvision itself, stage by stage, on a real photo.
+"""The converted torchvision Mask R-CNN (v1 and v2) against torchvision itself, stage by stage, on a real photo.
 
 Reference: torchvision 0.29's maskrcnn_resnet50_fpn with randomised weights
 (tests/models/torchvision_maskrcnn.py says how and why), its state dict
@@ -9,6 +9,7 @@ Where torchvision's stages feed each other, ours are fed torchvision's
 tensors (its transformed image, its proposals), so each comparison checks one
 stage and near-tied scores cannot reorder later ones.
 """
+import keras
 import numpy as np
 import pytest
 import torch
@@ -30,14 +31,15 @@ def _close(ours, reference, rtol=1e-4):
     np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol * float(np.abs(reference).max()))
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["v1", pytest.param("v2", marks=pytest.mark.slow)])
+def setup(request, tmp_path_factory):
+    variant = request.param
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("torchvision_maskrcnn")
+    folder = tmp_path_factory.mktemp(f"torchvision_maskrcnn_{variant}")
     image = grace_hopper()
-    reference_model = randomised_maskrcnn(image, "v1", min_size=MIN_SIZE, max_size=MAX_SIZE)
+    reference_model = randomised_maskrcnn(image, variant, min_size=MIN_SIZE, max_size=MAX_SIZE)
     torch.save(reference_model.state_dict(), folder / "maskrcnn.pth")
-    model = convert_maskrcnn(folder / "maskrcnn.pth", str(folder / "maskrcnn.keras"))
+    model = convert_maskrcnn(folder / "maskrcnn.pth", str(folder / "maskrcnn.keras"), variant=variant)
     reference = reference_outputs(reference_model, image)
     inputs = {"images": reference["images"], "image_sizes": np.array([reference["image_size"]], np.int32)}
     return {"image": image, "model": model, "path": folder / "maskrcnn.keras", "reference": reference,
@@ -94,10 +96,10 @@ def test_detections_and_mask_probabilities_match_on_the_same_proposals(setup, he
     np.testing.assert_allclose(heads["masks"][:count], reference["mask_probs"], atol=2e-3)
 
 
-def test_transform_matches_torchvision_at_800_1333(setup):
+def test_transform_matches_torchvision_at_800_1333():
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    image = setup["image"]
+    image = grace_hopper()
     transform = GeneralizedRCNNTransform(800, 1333, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
     with torch.no_grad():
         expected, _ = transform([torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0])
@@ -127,3 +129,15 @@ def test_detect_end_to_end_matches_torchvision(setup):
     # masks >= 0.99, and >= 0.95 for each (a 40-pixel mask loses 2.5% per pixel).
     assert (masks & expected).sum() / union.sum() >= 0.99
     assert iou.min() >= 0.95, np.sort(iou)[:5]
+
+
+def test_converted_file_loads_in_safe_mode_and_detects_the_same(setup):
+    """The .keras file alone (no torch involved) gives torchvision's detections and carries the COCO categories."""
+    model = keras.saving.load_model(setup["path"], safe_mode=True)
+    categories = model.get_layer("categories")
+    assert categories.category_ids[:3] == (1, 2, 3) and categories.category_ids[-1] == 90
+    assert categories.category_names[0] == "person" and len(categories.category_names) == 80
+    reference = setup["reference"]
+    detections = detect(model, [setup["image"]], min_size=MIN_SIZE, max_size=MAX_SIZE)[0]
+    np.testing.assert_allclose(detections["boxes"], reference["pasted_boxes"], atol=1e-2)
+    np.testing.assert_array_equal(detections["category_ids"], reference["labels"])
