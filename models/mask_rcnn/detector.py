@@ -104,8 +104,8 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
         num_anchors, rpn_pre_nms_top_n, rpn_post_nms_top_n, rpn_nms_threshold, name="proposals")(
         [objectness, deltas, anchors, image_sizes, *levels])
 
-    roi_levels = levels[:4]  # RoIs read P2..P5
-    box_features = MultiLevelRoIAlign(7, name="box_roi_align", **_ROI_ALIGN)([proposals, *roi_levels])
+    p2_to_p5 = levels[:4]  # RoIs read P2..P5
+    box_features = MultiLevelRoIAlign(7, name="box_roi_align", **_ROI_ALIGN)([proposals, *p2_to_p5])
     box_head = (BoxHead(num_classes, 1024, num_fc=1, num_convs=4, conv_channels=256, name="box_head") if v2
                 else BoxHead(num_classes, 1024, num_fc=2, name="box_head"))
     class_logits, box_deltas = box_head(box_features)
@@ -113,7 +113,7 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
         score_threshold, nms_threshold, max_detections, name="detections")(
         [class_logits, box_deltas, proposals, num_proposals, image_sizes])
 
-    mask_features = MultiLevelRoIAlign(14, name="mask_roi_align", **_ROI_ALIGN)([boxes, *roi_levels])
+    mask_features = MultiLevelRoIAlign(14, name="mask_roi_align", **_ROI_ALIGN)([boxes, *p2_to_p5])
     mask_logits = MaskHead(num_classes, 256, batch_norm=v2, bn_epsilon=TORCHVISION_BN_EPSILON,
                            name="mask_head")(mask_features)
     masks = PickMaskChannel(name="class_picked_masks")([mask_logits, class_ids])

@@ -68,21 +68,21 @@ class RPNHead(keras.layers.Layer):
 
 
 def _top_per_level(objectness, features, num_anchors, top_n):
-    """Indices [B, M] int32 of the top_n highest logits of each level (fewer where a level has fewer anchors)."""
-    indices, start = [], 0
-    for feature in features:
+    """The top_n highest logits of each level (all of a level with fewer anchors).
+
+    Returns indices [B, M] int32 into the N anchors, and levels [M] int32
+    (0-based) of those entries, M = sum_k min(top_n, N_k).
+    """
+    indices, levels, start = [], [], 0
+    for level, feature in enumerate(features):
         shape = tf.shape(feature)
         count = shape[1] * shape[2] * num_anchors
-        _, top = tf.math.top_k(objectness[:, start:start + count], k=tf.minimum(top_n, count))
+        k = tf.minimum(top_n, count)
+        _, top = tf.math.top_k(objectness[:, start:start + count], k=k)
         indices.append(top + start)
+        levels.append(tf.fill([k], level))
         start += count
-    return tf.concat(indices, axis=1)
-
-
-def _level_of(features, num_anchors, top_n):
-    """[M] int32: the level (0-based) of each entry of _top_per_level's output."""
-    return tf.concat([tf.fill([tf.minimum(top_n, tf.shape(f)[1] * tf.shape(f)[2] * num_anchors)], k)
-                      for k, f in enumerate(features)], axis=0)
+    return tf.concat(indices, axis=1), tf.concat(levels, axis=0)
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -109,14 +109,13 @@ class Proposals(keras.layers.Layer):
     def call(self, inputs):
         objectness, deltas, anchors, image_sizes, *features = inputs
         objectness = tf.cast(objectness, tf.float32)
-        top = _top_per_level(objectness, features, self.num_anchors, self.pre_nms_top_n)  # [B, M]
+        top, level = _top_per_level(objectness, features, self.num_anchors, self.pre_nms_top_n)  # [B, M], [M]
         logits = tf.gather(objectness, top, batch_dims=1)
         boxes = decode_boxes(tf.gather(deltas, top, batch_dims=1), tf.gather(anchors[0], top), RPN_WEIGHTS)
         boxes = clip_boxes(boxes, image_sizes)
         big_enough = ((boxes[..., 2] - boxes[..., 0] >= self.min_size)
                       & (boxes[..., 3] - boxes[..., 1] >= self.min_size))
         # Each box scores only in its level's column; dropped boxes and other levels score -1 (below 0 <= sigmoid).
-        level = _level_of(features, self.num_anchors, self.pre_nms_top_n)
         in_level = tf.one_hot(level, len(features), on_value=True, off_value=False, dtype=tf.bool)[None]
         scores = tf.where(in_level & big_enough[..., None], tf.sigmoid(logits)[..., None], -1.0)
         proposals, scores, _, valid = grouped_nms(

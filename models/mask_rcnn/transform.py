@@ -52,7 +52,7 @@ def preprocess(images, *, min_size=800, max_size=1333, size_divisible=32):
             "original_sizes": tf.constant(originals, tf.int32)}
 
 
-def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5):
+def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5, score_threshold=0.0):
     """Detections of each image in its own pixels.
 
     model: a build_mask_rcnn model (or one loaded from .keras).
@@ -61,14 +61,17 @@ def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5):
     pixels), class_ids [N] int32 (1..K), category_ids [N] int32 (the dataset's
     ids, e.g. COCO's), scores [N] float32 (decreasing), masks PastedMasks of
     N masks at the original size (.dense() [N, h, w] bool, .rle() COCO RLEs),
-    mask probability >= mask_threshold.
+    mask probability >= mask_threshold. Only detections scoring at least
+    score_threshold are returned (the model itself keeps those above its own,
+    0.05 by default).
     """
     inputs = preprocess(images, min_size=min_size, max_size=max_size)
     outputs = model({"images": inputs["images"], "image_sizes": inputs["image_sizes"]}, training=False)
     outputs = {k: np.asarray(v) for k, v in outputs.items()}
     detections = []
     for b, (resized, original) in enumerate(zip(inputs["image_sizes"].numpy(), inputs["original_sizes"].numpy())):
-        n = int(outputs["num_detections"][b])
+        # Scores decrease: the kept detections are a prefix.
+        n = int(np.sum(outputs["scores"][b, :int(outputs["num_detections"][b])] >= score_threshold))
         ratio = original.astype(np.float32) / resized.astype(np.float32)  # (height, width), float32 as torchvision
         boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
         detections.append({
