@@ -57,7 +57,10 @@ _OLD_KEYS = (
 )
 
 
-def _refuse_overwrite(out_path):
+def _check_out_path(out_path):
+    """Refuses, before any work, an output Keras cannot write or one that would overwrite a file."""
+    if not str(out_path).endswith(".keras"):
+        raise ValueError(f"{out_path}: the output must be a .keras file.")
     if os.path.exists(out_path):
         raise FileExistsError(f"{out_path} exists: choose another output path or remove it first.")
 
@@ -134,10 +137,10 @@ def convert_maskrcnn(in_path, out_path, *, variant="v1"):
     """torchvision maskrcnn_resnet50_fpn (variant "v1") or _v2 ("v2") state dict -> `out_path` (.keras).
 
     Returns the Keras model. Raises models.torch_weights.CheckpointMismatch
-    (missing / unexpected keys listed) for a checkpoint of another model, and
-    FileExistsError rather than overwrite `out_path`.
+    (missing / unexpected keys listed) for a checkpoint of another model,
+    FileExistsError rather than overwrite `out_path`, ValueError unless it ends in .keras.
     """
-    _refuse_overwrite(out_path)
+    _check_out_path(out_path)
     state, _ = read_state_dict(in_path)
     _rename_old_keys(state)
     model = build_mask_rcnn(len(COCO_CATEGORIES), variant=variant,
@@ -156,7 +159,7 @@ def convert_resnet50(in_path, out_path):
     inside its "fpn" model), images [B, H, W, 3] normalised -> {"C2".."C5"}.
     The classifier (fc.*) is not part of it and is left out.
     """
-    _refuse_overwrite(out_path)
+    _check_out_path(out_path)
     state, _ = read_state_dict(in_path)
     state.ignore(lambda key: key.startswith("fc."))
     backbone = build_resnet(50, stem="standard", stride_on="3x3", bn_epsilon=TORCHVISION_BN_EPSILON,

@@ -173,6 +173,8 @@ def test_convert_resnet50_matches_torchvision_resnet50(tmp_path):
             np.testing.assert_allclose(ours[f"C{stage}"], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     with pytest.raises(FileExistsError, match="backbone.keras"):
         convert_resnet50(tmp_path / "resnet50.pth", str(tmp_path / "backbone.keras"))
+    with pytest.raises(ValueError, match="must be a .keras file"):
+        convert_resnet50(tmp_path / "resnet50.pth", str(tmp_path / "backbone.h5"))
     state = reference.state_dict()
     del state["layer2.0.conv1.weight"]
     torch.save(state, tmp_path / "incomplete.pth")

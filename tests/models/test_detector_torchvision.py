@@ -131,6 +131,7 @@ def test_detect_end_to_end_matches_torchvision(setup):
     assert iou.min() >= 0.95, np.sort(iou)[:5]
 
 
+@pytest.mark.slow
 def test_converted_file_loads_in_safe_mode_and_detects_the_same(setup):
     """The .keras file alone (no torch involved) gives torchvision's detections and carries the COCO categories."""
     model = keras.saving.load_model(setup["path"], safe_mode=True)
