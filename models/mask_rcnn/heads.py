@@ -44,8 +44,8 @@ class MaskHead(keras.layers.Layer):
                                           use_bias=not batch_norm, kernel_initializer="he_normal",
                                           name=f"conv{i + 1}")
                       for i in range(num_convs)]
-        self.norms = [make_batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(num_convs if batch_norm
-                                                                                             else 0)]
+        norms = num_convs if batch_norm else 0
+        self.norms = [make_batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(norms)]
         self.upsample = keras.layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                                      kernel_initializer="he_normal", name="deconv")
         # Small initial logits: every mask starts near 0.5, as in Detectron (std 0.001).
