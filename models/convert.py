@@ -20,6 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 CONVERTERS = {
     "semseg-pspnet": ("models.pspnet.convert_torch", "convert_semseg"),
     "mmseg-pspnet": ("models.pspnet.convert_torch", "convert_mmseg"),
+    "torchvision-maskrcnn": ("models.mask_rcnn.convert_torchvision", "convert_maskrcnn"),
+    "torchvision-maskrcnn-v2": ("models.mask_rcnn.convert_torchvision", "convert_maskrcnn_v2"),
+    "torchvision-resnet50": ("models.mask_rcnn.convert_torchvision", "convert_resnet50"),
 }
 
 

@@ -17,9 +17,8 @@ or any model.state_dict() of those builders) -> a build_mask_rcnn .keras file.
 - Older torchvision key names (rpn.head.conv.weight, fpn.inner_blocks.0.weight,
   mask_head.mask_fcn1.weight, as in the published v1 file) are read too.
 convert_resnet50: torchvision's ImageNet ResNet-50 (resnet50-0676ba61.pth,
-resnet50-11ad3fa6.pth) -> the detector's backbone (a build_resnet .keras).
+resnet50-11ad3fa6.pth) -> the detector's backbone (a build_resnet model).
 """
-import os
 import re
 
 import numpy as np
@@ -55,14 +54,6 @@ _OLD_KEYS = (
     (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d)\.(weight|bias)$"),
      lambda m: f"roi_heads.mask_head.{int(m[1]) - 1}.0.{m[2]}"),
 )
-
-
-def _check_out_path(out_path):
-    """Refuses, before any work, an output Keras cannot write or one that would overwrite a file."""
-    if not str(out_path).endswith(".keras"):
-        raise ValueError(f"{out_path}: the output must be a .keras file.")
-    if os.path.exists(out_path):
-        raise FileExistsError(f"{out_path} exists: choose another output path or remove it first.")
 
 
 def _rename_old_keys(state):
@@ -133,25 +124,27 @@ def _load_maskrcnn(model, state, variant):
     set_conv(mask.predict, state, "roi_heads.mask_predictor.mask_fcn_logits")
 
 
-def convert_maskrcnn(in_path, out_path, *, variant="v1"):
-    """torchvision maskrcnn_resnet50_fpn (variant "v1") or _v2 ("v2") state dict -> `out_path` (.keras).
+def convert_maskrcnn(in_path, *, variant="v1"):
+    """torchvision maskrcnn_resnet50_fpn (variant "v1") or _v2 ("v2") state dict -> a build_mask_rcnn model.
 
-    Returns the Keras model. Raises models.torch_weights.CheckpointMismatch
-    (missing / unexpected keys listed) for a checkpoint of another model,
-    FileExistsError rather than overwrite `out_path`, ValueError unless it ends in .keras.
+    Raises models.torch_weights.CheckpointMismatch (missing / unexpected keys
+    listed) for a checkpoint of another model. models.convert saves the result.
     """
-    _check_out_path(out_path)
     state, _ = read_state_dict(in_path)
     _rename_old_keys(state)
     model = build_mask_rcnn(len(COCO_CATEGORIES), variant=variant,
                             category_ids=[c for c, _ in COCO_CATEGORIES], category_names=[n for _, n in COCO_CATEGORIES])
     _load_maskrcnn(model, state, variant)
     state.check_all_used()
-    model.save(out_path)
     return model
 
 
-def convert_resnet50(in_path, out_path):
+def convert_maskrcnn_v2(in_path):
+    """torchvision maskrcnn_resnet50_fpn_v2 state dict -> a build_mask_rcnn(variant="v2") model."""
+    return convert_maskrcnn(in_path, variant="v2")
+
+
+def convert_resnet50(in_path):
     """torchvision's ImageNet ResNet-50 state dict -> the detector's backbone, a build_resnet model in `out_path`.
 
     The model: build_resnet(50, stem="standard", stride_on="3x3", bn_epsilon=1e-5,
@@ -159,12 +152,10 @@ def convert_resnet50(in_path, out_path):
     inside its "fpn" model), images [B, H, W, 3] normalised -> {"C2".."C5"}.
     The classifier (fc.*) is not part of it and is left out.
     """
-    _check_out_path(out_path)
     state, _ = read_state_dict(in_path)
     state.ignore(lambda key: key.startswith("fc."))
     backbone = build_resnet(50, stem="standard", stride_on="3x3", bn_epsilon=TORCHVISION_BN_EPSILON,
                             output_stride=32, name="backbone")
     set_resnet(backbone, state, "")
     state.check_all_used()
-    backbone.save(out_path)
     return backbone

@@ -10,6 +10,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from models.fpn import NearestResizeLike, build_resnet_fpn
 from models.mask_rcnn.anchors import ANCHOR_SIZES, ASPECT_RATIOS, Anchors
+from models import convert
 from models.mask_rcnn.convert_torchvision import COCO_CATEGORIES, convert_maskrcnn, convert_resnet50
 from models.mask_rcnn.detector import build_mask_rcnn, detector_layers
 from models.mask_rcnn.nms import grouped_nms
@@ -161,7 +162,8 @@ def test_convert_resnet50_matches_torchvision_resnet50(tmp_path):
     torch.manual_seed(0)
     reference = _randomise_batch_norms(torchvision.models.resnet50(weights=None))
     torch.save(reference.state_dict(), tmp_path / "resnet50.pth")
-    backbone = convert_resnet50(tmp_path / "resnet50.pth", str(tmp_path / "backbone.keras"))
+    backbone = convert.main(["torchvision-resnet50", str(tmp_path / "resnet50.pth"), str(tmp_path / "backbone.keras")])
+    backbone = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
     image = np.random.default_rng(4).normal(size=(1, 64, 96, 3)).astype(np.float32)
     ours = backbone(image)
     with torch.no_grad():
@@ -171,15 +173,18 @@ def test_convert_resnet50_matches_torchvision_resnet50(tmp_path):
             x = getattr(reference, f"layer{stage - 1}")(x)
             expected = x.permute(0, 2, 3, 1).numpy()
             np.testing.assert_allclose(ours[f"C{stage}"], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    with pytest.raises(FileExistsError, match="backbone.keras"):
-        convert_resnet50(tmp_path / "resnet50.pth", str(tmp_path / "backbone.keras"))
-    with pytest.raises(ValueError, match="must be a .keras file"):
-        convert_resnet50(tmp_path / "resnet50.pth", str(tmp_path / "backbone.h5"))
+    with pytest.raises(SystemExit, match="backbone.keras: exists already"):
+        convert.main(["torchvision-resnet50", str(tmp_path / "resnet50.pth"), str(tmp_path / "backbone.keras")])
+    with pytest.raises(SystemExit, match="must be a .keras file"):
+        convert.main(["torchvision-resnet50", str(tmp_path / "resnet50.pth"), str(tmp_path / "backbone.h5")])
     state = reference.state_dict()
     del state["layer2.0.conv1.weight"]
     torch.save(state, tmp_path / "incomplete.pth")
     with pytest.raises(CheckpointMismatch, match="layer2.0.conv1.weight"):
-        convert_resnet50(tmp_path / "incomplete.pth", str(tmp_path / "other.keras"))
+        convert_resnet50(tmp_path / "incomplete.pth")
+    with pytest.raises(SystemExit, match=r"incomplete.pth: .*missing keys \[layer2.0.conv1.weight\]"):
+        convert.main(["torchvision-resnet50", str(tmp_path / "incomplete.pth"), str(tmp_path / "other.keras")])
+    assert not (tmp_path / "other.keras").exists()
 
 
 @pytest.mark.slow
@@ -198,7 +203,7 @@ def test_convert_maskrcnn_reads_the_published_files_older_key_names(tmp_path):
         state[key] = value
     assert "rpn.head.conv.weight" in state and "roi_heads.mask_head.mask_fcn4.bias" in state
     torch.save(state, tmp_path / "old_names.pth")
-    layers = detector_layers(convert_maskrcnn(tmp_path / "old_names.pth", str(tmp_path / "model.keras")))
+    layers = detector_layers(convert_maskrcnn(tmp_path / "old_names.pth"))
     np.testing.assert_array_equal(layers["rpn_head"].convs[0].get_weights()[1], state["rpn.head.conv.bias"].numpy())
     np.testing.assert_array_equal(layers["mask_head"].convs[3].get_weights()[1],
                                   state["roi_heads.mask_head.mask_fcn4.bias"].numpy())

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.mask_rcnn.convert_torchvision import COCO_CATEGORIES, convert_maskrcnn
+from models import convert
+from models.mask_rcnn.convert_torchvision import COCO_CATEGORIES
 from models.mask_rcnn.detector import roi_heads_model, rpn_model
 from models.mask_rcnn.inference import paste_masks
 from models.mask_rcnn.transform import detect, preprocess
@@ -39,7 +40,9 @@ def setup(request, tmp_path_factory):
     image = grace_hopper()
     reference_model = randomised_maskrcnn(image, variant, min_size=MIN_SIZE, max_size=MAX_SIZE)
     torch.save(reference_model.state_dict(), folder / "maskrcnn.pth")
-    model = convert_maskrcnn(folder / "maskrcnn.pth", str(folder / "maskrcnn.keras"), variant=variant)
+    # The user's command: python -m models.convert torchvision-maskrcnn[-v2] IN.pth OUT.keras
+    source = "torchvision-maskrcnn" if variant == "v1" else "torchvision-maskrcnn-v2"
+    model = convert.main([source, str(folder / "maskrcnn.pth"), str(folder / "maskrcnn.keras")])
     reference = reference_outputs(reference_model, image)
     inputs = {"images": reference["images"], "image_sizes": np.array([reference["image_size"]], np.int32)}
     return {"image": image, "model": model, "path": folder / "maskrcnn.keras", "reference": reference,
