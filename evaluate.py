@@ -133,7 +133,7 @@ def load_checkpoint(checkpoint, kind=None):
 
     model = checkpoints.load_keras_file(checkpoint)
     if kind is not None:
-        checkpoints.check_kind(model, kind, checkpoint, switch={
+        checkpoints.check_kind(model, kind, checkpoint, hint={
             checkpoints.MASK_RCNN: "pass --model mask_rcnn", checkpoints.PSPNET: "pass --model pspnet"})
     return model
 
@@ -291,13 +291,12 @@ def _evaluate_pspnet_cli(args):
         metrics = evaluate_pspnet(model, dataset, args.out, num_classes=model.output.shape[-1],
                                   mode="sliding" if args.sliding else "whole", crop_size=args.crop, flip=args.flip,
                                   scales=args.scales)
-    except tf.errors.InvalidArgumentError:
-        # TensorFlow's PNG decoder names no file: find it (slow, error path only).
-        bad = None
+    except tf.errors.InvalidArgumentError as error:
+        examples = None
         if not args.tfds:
             with contextlib.redirect_stderr(io.StringIO()):  # the listing's --skip-bad warnings were shown already
                 examples = cityscapes.find_examples(args.data, args.split, skip_bad=True)
-            bad = cityscapes.find_bad_file(examples)
+        bad = cityscapes.explain_decode_error(error, examples)  # TensorFlow's decoders name no file
         if bad is None:
             raise
         raise bad from None

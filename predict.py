@@ -101,7 +101,7 @@ def _predict(args):
 
     paths = find_images(args.inputs)
     model = checkpoints.check_kind(checkpoints.load_keras_file(args.checkpoint), checkpoints.PSPNET,
-                                   args.checkpoint, switch="predict.py runs PSPNet checkpoints")
+                                   args.checkpoint, hint="predict.py runs PSPNet checkpoints")
     model = inference_model(model) if isinstance(model.output, dict) else model
     os.makedirs(args.out, exist_ok=True)
     written, skipped = [], 0

@@ -33,6 +33,7 @@ decoding and each worker draws different augmentations:
 import collections
 import functools
 import os
+import re
 import sys
 
 import numpy as np
@@ -229,12 +230,27 @@ def _check_example(image_path, label_path, label_exists):
                             f"{image.height}x{image.width}; a label must match its image pixel for pixel")
 
 
-def find_bad_file(examples):
-    """The first image or label of `examples` that does not decode, as a BadImageError, or None.
+def explain_decode_error(error, examples=None):
+    """A tf.errors.InvalidArgumentError from iterating a reader's dataset -> a BadImageError naming the
+    file (or example), or None when it is not about a file.
 
-    For after a TensorFlow decode error (which names no file): it decodes every file with
-    Pillow, so it is slow and meant for the error path only.
+    TensorFlow's decoders name no file. A label-size mismatch (TFDS records) names its example in
+    the error already; otherwise, given `examples` (find_examples), every file is decoded with
+    Pillow until the damaged one is found: slow, so for the error path only. Use:
+
+        try:
+            for batch in dataset: ...
+        except tf.errors.InvalidArgumentError as error:
+            bad = cityscapes.explain_decode_error(error, examples)
+            if bad is None:
+                raise
+            raise bad from None
     """
+    size_error = re.search(r"\[([^\]]*: label size differs from its image)\]", getattr(error, "message", str(error)))
+    if size_error:
+        return BadImageError(size_error.group(1))
+    if not examples:
+        return None
     paths = [path for e in examples for path in (e.image_path, e.label_path) if path]
     return images.find_undecodable(paths)
 

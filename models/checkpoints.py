@@ -102,11 +102,11 @@ def model_kind(model):
     return None
 
 
-def check_kind(model, kind, path, *, flag="--checkpoint", switch=""):
+def check_kind(model, kind, path, *, flag="--checkpoint", hint=""):
     """Raises CheckpointError unless `model` is of `kind`; returns model.
 
-    switch: what the user passes to use the file as what it is (e.g. "--model mask_rcnn"),
-    looked up by the found kind: {MASK_RCNN: "pass --model mask_rcnn"}.
+    hint: what the user can do instead, appended to the message: a string, or a dict by the
+    kind found, e.g. {MASK_RCNN: "pass --model mask_rcnn"}.
     """
     found = model_kind(model)
     if found == kind:
@@ -114,6 +114,6 @@ def check_kind(model, kind, path, *, flag="--checkpoint", switch=""):
     wanted = KIND_NAMES[kind]
     if found is None:
         raise CheckpointError(f"{flag} {path}: not a {wanted} checkpoint of this project (model {model.name!r})")
-    hint = switch.get(found, "") if isinstance(switch, dict) else switch
+    hint = hint.get(found, "") if isinstance(hint, dict) else hint
     raise CheckpointError(f"{flag} {path}: a {KIND_NAMES[found]} checkpoint, not a {wanted} one"
                           + (f"; {hint}" if hint else ""))

@@ -90,6 +90,14 @@ def test_output_folder_inside_the_data_folder_is_refused(tmp_path):
         predict.main(["--checkpoint", "c.keras", str(photos), "--out", str(photos / "masks")])
 
 
+def test_a_value_argparse_cannot_parse_is_one_line_too(tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--checkpoint", "c.keras", "--data", str(tmp_path), "--out", "o", "--crop", "big"])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{os.path.basename(sys.argv[0])}: error: argument --crop: invalid int value: 'big' (see --help)"]
+
+
 def test_debug_shows_the_exception_itself(tmp_path):
     with pytest.raises(UsageError, match="--alpha"):
         predict.main(["--checkpoint", "c.keras", _photo(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
@@ -146,6 +154,17 @@ def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, check
     metrics = evaluate.main(["--checkpoint", checkpoints["pspnet"], "--data", root, "--out", out, "--skip-bad"])
     assert sorted(name for name in os.listdir(out) if name.endswith("_pred_labelIds.png")) == [
         "testcity_000000_000019_pred_labelIds.png"]
+    # damage inside the compressed data passes the header check; TensorFlow's error is traced to the file
+    os.remove(bad)
+    good_image = bad.replace("000001", "000000")
+    with open(good_image, "rb") as f:
+        data = bytearray(f.read())
+    start = data.index(b"IDAT") + 40
+    data[start:start + 64] = bytes(64)
+    with open(good_image, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(SystemExit, match=f"^{good_image}: damaged PNG data"):
+        evaluate.main(["--checkpoint", checkpoints["pspnet"], "--data", root, "--out", out, "--overwrite"])
     # scored: exactly the evaluated pixels of the one good label (official trainIds 0..18)
     evaluated = sum(int(np.sum(good_label == label.id)) for label in official_labels if 0 <= label.trainId < 19)
     assert np.sum(metrics["confusion_matrix"]) == evaluated > 0

@@ -142,6 +142,20 @@ def test_damage_inside_a_png_is_mapped_back_to_the_file(tmp_path):
     with open(bad, "wb") as f:
         f.write(bytes(data))
     examples = cityscapes.find_examples(root, "val")
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
         list(cityscapes.read_folder(root, "val"))
-    assert str(cityscapes.find_bad_file(examples)).startswith(f"{bad}: damaged PNG data")
+    assert str(cityscapes.explain_decode_error(error.value, examples)).startswith(f"{bad}: damaged PNG data")
+    assert cityscapes.explain_decode_error(error.value) is None  # nothing to search
+
+
+def test_label_size_mismatch_in_tfds_records_names_the_example():
+    # TFDS elements skip the listing's header checks; the in-graph check names the example.
+    def encode(array):
+        return tf.io.encode_png(array)
+
+    element = {"id": tf.constant("aachen_000000_000019"), "image": encode(np.zeros((4, 6, 3), np.uint8)),
+               "label": encode(np.zeros((4, 5, 1), np.uint8))}
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        list(tf.data.Dataset.from_tensors(element).map(cityscapes._decode))
+    explained = cityscapes.explain_decode_error(error.value)
+    assert str(explained) == "aachen_000000_000019: label size differs from its image"
