@@ -89,8 +89,8 @@ def inspect_image(path):
             tail = f.read()
             f.seek(0)
             if head.startswith(PNG_SIGNATURE):
-                return _inspect_png(path, head, tail)
-            if head.startswith(JPEG_START) and JPEG_END not in tail:
+                return _inspect_png(path, head, tail.endswith(PNG_END) or _ends_early(f, PNG_END))
+            if head.startswith(JPEG_START) and JPEG_END not in tail and not _ends_early(f, JPEG_END):
                 raise BadImageError(f"{path}: truncated JPEG (no end marker); copy or download it again")
             return _inspect_with_pillow(path, f)
     except FileNotFoundError:
@@ -99,10 +99,20 @@ def inspect_image(path):
         raise BadImageError(f"{path}: a folder, not an image file") from None
 
 
-def _inspect_png(path, head, tail):
+def _ends_early(f, marker):
+    """Whether the end marker occurs anywhere after the header: files with data appended after
+    their end (phones' "motion photos" append a video to the JPEG) are complete. Reads the
+    whole file, but only for files whose last bytes lack the marker."""
+    f.seek(2)
+    found = marker in f.read()
+    f.seek(0)
+    return found
+
+
+def _inspect_png(path, head, complete):
     if len(head) < 33 or head[12:16] != b"IHDR":
         raise BadImageError(f"{path}: damaged PNG (no IHDR header); copy or download it again")
-    if not tail.endswith(PNG_END):
+    if not complete:
         raise BadImageError(f"{path}: truncated PNG (no IEND chunk at the end); copy or download it again")
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     bit_depth, colour_type = head[24], head[25]

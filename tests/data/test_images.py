@@ -61,6 +61,35 @@ def test_truncated_jpeg_and_missing_file(tmp_path):
         images.read_image(str(tmp_path / "missing.png"))
 
 
+def test_data_appended_after_the_end_is_not_truncation(tmp_path):
+    # phones' "motion photos" append a video after the JPEG's end marker
+    buffer = io.BytesIO()
+    Image.fromarray(RGB).save(buffer, format="JPEG", quality=95)
+    photo = _write(tmp_path / "motion.jpg", buffer.getvalue() + bytes(range(256)) * 40)
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(images.read_image(photo), expected)
+    padded = _write(tmp_path / "padded.png", _png_bytes(RGB) + b"\0" * 2000)
+    np.testing.assert_array_equal(images.read_image(padded), RGB)
+
+
+def test_truncated_jpeg_with_a_thumbnail_is_caught_by_the_decode(tmp_path):
+    # an EXIF thumbnail is a small JPEG with its own end marker early in the file: the cheap check
+    # is fooled, the full decode is not
+    thumbnail = io.BytesIO()
+    Image.fromarray(RGB[:4, :4]).save(thumbnail, format="JPEG")
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = 1
+    buffer = io.BytesIO()
+    big = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(buffer, format="JPEG", exif=exif.tobytes() + thumbnail.getvalue())
+    data = buffer.getvalue()
+    path = _write(tmp_path / "cut.jpg", data[: len(data) - 800])
+    assert images.JPEG_END in data[2: len(data) - 800]
+    with pytest.raises(BadImageError, match="damaged JPEG data") as error:
+        images.read_image(path)
+    assert _single_line(error).startswith(path)
+
+
 def test_damage_inside_a_complete_png_is_found_by_decoding(tmp_path):
     data = bytearray(_png_bytes(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
     start = data.index(b"IDAT") + 40
