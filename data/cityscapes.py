@@ -344,15 +344,14 @@ def _decode(element, label_name=None):
     if "label" in element:
         label = tf.io.decode_png(element["label"], channels=1)[..., 0]
         size_ok = tf.reduce_all(tf.shape(label) == tf.shape(image)[:2])
-        # read_folder checked the sizes from the headers already; TFDS's files only get this check.
-        with tf.control_dependencies([tf.debugging.Assert(
-            size_ok, [tf.strings.join([element["id"], ": label size differs from its image"])]
-        )]):
-            decoded["label"] = tf.identity(label)
         outside = tf.math.count_nonzero(label > MAX_LABEL_ID)
         name = element["id"] if label_name is None else label_name
-        with tf.control_dependencies([tf.cond(outside > 0, lambda: _warn_outside(name, outside), tf.no_op)]):
-            decoded["label"] = tf.identity(decoded["label"])
+        with tf.control_dependencies([
+            # read_folder checked the sizes from the headers already; TFDS's files only get this check.
+            tf.debugging.Assert(size_ok, [tf.strings.join([element["id"], ": label size differs from its image"])]),
+            tf.cond(outside > 0, lambda: _warn_outside(name, outside), tf.no_op),
+        ]):
+            decoded["label"] = tf.identity(label)
     return decoded
 
 
