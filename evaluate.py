@@ -276,7 +276,6 @@ def _evaluate_pspnet_cli(args):
 
     from data import cityscapes
 
-    model = load_segmentation_model(args.checkpoint)
     if args.tfds:
         elements = cityscapes.read_tfds(args.split, data_dir=os.path.join(args.data, "tfds"), manual_dir=args.data)
     else:
@@ -284,6 +283,7 @@ def _evaluate_pspnet_cli(args):
             elements = cityscapes.read_folder(args.data, args.split, skip_bad=args.skip_bad)
         except FileNotFoundError as error:
             raise SystemExit(f"--data: {error}")
+    model = load_segmentation_model(args.checkpoint)  # after the data: a wrong --data is found in seconds
     dataset = cityscapes.eval_pipeline(elements, batch_size=1)
     if args.max_images:
         dataset = dataset.take(args.max_images)

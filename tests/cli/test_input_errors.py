@@ -174,12 +174,15 @@ def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, check
 def test_what_a_user_sees_one_line_exit_1_no_traceback(tmp_path, checkpoints):
     photo = _photo(tmp_path / "a.png")
     (tmp_path / "empty.png").write_bytes(b"")
+    write_split(str(tmp_path / "data"), "val", num_images=1)
     runs = [
         ("predict.py", ["--checkpoint", "c.keras", photo, "--out", str(tmp_path / "o"), "--alpha", "3"], "--alpha"),
         ("predict.py", ["--checkpoint", checkpoints["pspnet"], str(tmp_path / "empty.png"), "--out",
                         str(tmp_path / "o")], str(tmp_path / "empty.png")),
-        ("evaluate.py", ["--checkpoint", checkpoints["mask_rcnn"], "--data", str(tmp_path), "--out",
-                         str(tmp_path / "../e")], checkpoints["mask_rcnn"]),
+        ("evaluate.py", ["--checkpoint", checkpoints["mask_rcnn"], "--data", str(tmp_path / "data"), "--out",
+                         str(tmp_path / "e")], checkpoints["mask_rcnn"]),
+        ("evaluate.py", ["--checkpoint", checkpoints["pspnet"], "--data", str(tmp_path / "missing"), "--out",
+                         str(tmp_path / "e")], str(tmp_path / "missing")),
     ]
     for script, args, named in runs:
         status, lines, stderr = _cli(script, *args)
