@@ -60,6 +60,8 @@ def _open(path):
     if "://" in str(path):
         import tensorflow as tf
 
+        if not tf.io.gfile.exists(path):  # GFile would raise tf.errors.NotFoundError, not an OSError
+            raise FileNotFoundError(path)
         return tf.io.gfile.GFile(path, "rb")
     return open(path, "rb")
 
