@@ -274,13 +274,14 @@ def main(argv=None):
 def _evaluate_pspnet_cli(args):
     import tensorflow as tf
 
-    from data import cityscapes
+    from data import cityscapes, cli_checks
 
+    skipped = []
     if args.tfds:
         elements = cityscapes.read_tfds(args.split, data_dir=os.path.join(args.data, "tfds"), manual_dir=args.data)
     else:
         try:
-            elements = cityscapes.read_folder(args.data, args.split, skip_bad=args.skip_bad)
+            elements = cityscapes.read_folder(args.data, args.split, skip_bad=args.skip_bad, skipped=skipped)
         except FileNotFoundError as error:
             raise SystemExit(f"--data: {error}")
     model = load_segmentation_model(args.checkpoint)  # after the data: a wrong --data is found in seconds
@@ -302,6 +303,9 @@ def _evaluate_pspnet_cli(args):
         raise bad from None
     print(format_table(metrics))
     print(f"wrote {args.out}/metrics.json, predictions and confusion_matrix.png")
+    if skipped:
+        cli_checks.warn(f"{len(skipped)} {args.split} examples with bad files were skipped and not scored "
+                        "(--skip-bad; listed above)")
     return metrics
 
 

@@ -144,7 +144,7 @@ def to_label_ids(train_ids):
 Example = collections.namedtuple("Example", ["id", "image_path", "label_path"])
 
 
-def find_examples(root, split, with_labels=True, *, skip_bad=False):
+def find_examples(root, split, with_labels=True, *, skip_bad=False, skipped=None):
     """Lists one split of the official folder layout, sorted by id, every file checked.
 
     root: the folder that holds leftImg8bit/ and gtFine/ (local or any tf.io.gfile
@@ -156,7 +156,8 @@ def find_examples(root, split, with_labels=True, *, skip_bad=False):
     later meet only complete PNGs of matching sizes. A bad example (an image that is
     empty, truncated, not a PNG; a label that is missing, not an 8-bit one-channel
     PNG, or of another size than its image) raises BadImageError naming the file,
-    or with skip_bad=True is left out with a one-line warning each and a count.
+    or with skip_bad=True is left out with a one-line warning each and a count
+    (and its message appended to the list `skipped`, if given, for a final count).
     Greyscale, RGBA and 16-bit images are accepted: decoding converts them as
     data.images.read_image does (grey -> RGB, alpha dropped, 16-bit v >> 8).
     Raises FileNotFoundError naming the folder when root or the split is missing.
@@ -188,6 +189,8 @@ def find_examples(root, split, with_labels=True, *, skip_bad=False):
             if not skip_bad:
                 raise
             problems.append(str(error))
+            if skipped is not None:
+                skipped.append(str(error))
             continue
         examples.append(Example(example_id, image_path, label_path))
     for problem in problems:
@@ -256,14 +259,15 @@ def explain_decode_error(error, examples=None):
 
 
 def read_folder(root, split, *, with_labels=True, shuffle=False, seed=None, input_context=None,
-                skip_bad=False):
+                skip_bad=False, skipped=None):
     """The official folder layout as a dataset of decoded elements (see module doc).
 
-    Files are checked (find_examples; skip_bad leaves bad examples out), then
+    Files are checked (find_examples; skip_bad leaves bad examples out and lists
+    them in `skipped`), then
     sharded (input_context: a tf.distribute.InputContext) and shuffled (a full
     reshuffle every epoch) before any image is decoded.
     """
-    examples = find_examples(root, split, with_labels, skip_bad=skip_bad)
+    examples = find_examples(root, split, with_labels, skip_bad=skip_bad, skipped=skipped)
     encoded = {
         "id": [e.id for e in examples],
         "image": [e.image_path for e in examples],

@@ -143,7 +143,7 @@ def test_predict_bad_images_stop_or_are_skipped_and_rotated_photos_come_out_upri
     assert warnings[2] == "warning: skipped 2 of 3 images that could not be read (--skip-bad)"
 
 
-def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, checkpoints):
+def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, checkpoints, capsys):
     root, out = str(tmp_path / "data"), str(tmp_path / "eval")
     (_, good_label), _ = write_split(root, "val", num_images=2)
     bad = os.path.join(root, "leftImg8bit", "val", "testcity", "testcity_000001_000019_leftImg8bit.png")
@@ -151,7 +151,11 @@ def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, check
         f.truncate(os.path.getsize(bad) // 2)
     with pytest.raises(SystemExit, match=f"^{bad}: truncated PNG"):
         evaluate.main(["--checkpoint", checkpoints["pspnet"], "--data", root, "--out", out])
+    capsys.readouterr()
     metrics = evaluate.main(["--checkpoint", checkpoints["pspnet"], "--data", root, "--out", out, "--skip-bad"])
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings[0].startswith(f"warning: skipped: {bad}: truncated PNG")
+    assert warnings[-1] == "warning: 1 val examples with bad files were skipped and not scored (--skip-bad; listed above)"
     assert sorted(name for name in os.listdir(out) if name.endswith("_pred_labelIds.png")) == [
         "testcity_000000_000019_pred_labelIds.png"]
     # damage inside the compressed data passes the header check; TensorFlow's error is traced to the file
