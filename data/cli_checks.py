@@ -102,7 +102,8 @@ def parse_scales(flag, text):
     try:
         scales = tuple(float(s) for s in str(text).split(","))
     except ValueError:
-        raise UsageError(f"{flag} takes positive numbers separated by commas, like 0.5,0.75,1.0, got {text!r}") from None
+        raise UsageError(f"{flag} takes positive numbers separated by commas, like 0.5,0.75,1.0, "
+                         f"got {text!r}") from None
     if not all(s > 0 for s in scales):  # also refuses nan
         raise UsageError(f"{flag} factors must be positive, got {text!r}")
     return scales

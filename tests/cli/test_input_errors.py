@@ -1,4 +1,4 @@
-"""predict.py and evaluate.py on bad flags, files and checkpoints: one line naming the flag or file, exit 1, no traceback.
+"""predict.py and evaluate.py on bad flags, files and checkpoints: one line naming it, exit 1, no traceback.
 
 In-process calls check each message (SystemExit carries it); a few real subprocesses check
 what a user sees: the exit status, a single stderr line, no "Traceback".
@@ -155,7 +155,8 @@ def test_evaluate_truncated_cityscapes_image_stops_or_is_skipped(tmp_path, check
     metrics = evaluate.main(["--checkpoint", checkpoints["pspnet"], "--data", root, "--out", out, "--skip-bad"])
     warnings = capsys.readouterr().err.strip().splitlines()
     assert warnings[0].startswith(f"warning: skipped: {bad}: truncated PNG")
-    assert warnings[-1] == "warning: 1 val examples with bad files were skipped and not scored (--skip-bad; listed above)"
+    assert warnings[-1] == ("warning: 1 val examples with bad files were skipped and not scored "
+                            "(--skip-bad; listed above)")
     assert sorted(name for name in os.listdir(out) if name.endswith("_pred_labelIds.png")) == [
         "testcity_000000_000019_pred_labelIds.png"]
     # damage inside the compressed data passes the header check; TensorFlow's error is traced to the file

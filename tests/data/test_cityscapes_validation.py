@@ -64,7 +64,8 @@ def test_bad_files_stop_with_their_path_or_are_skipped_and_counted(tmp_path, cap
         data = f.read()
     with open(truncated, "wb") as f:
         f.write(data[: len(data) // 2])
-    _, wrong_size = _write_example(root, "train", "bonn_000000_000019", label=np.zeros((SIZE[0], SIZE[1] - 1), np.uint8))
+    _, wrong_size = _write_example(root, "train", "bonn_000000_000019",
+                                   label=np.zeros((SIZE[0], SIZE[1] - 1), np.uint8))
     _, missing = _write_example(root, "train", "bonn_000001_000019")
     os.remove(missing)
     _, colour_label = _write_example(root, "train", "koeln_000000_000019", label=np.zeros(SIZE + (3,), np.uint8))
