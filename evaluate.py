@@ -15,7 +15,8 @@ full label resolution, over the 19 classes; a class absent from both the
 ground truth and the predictions has no IoU and is left out of the mean, as in
 the official cityscapesScripts evaluator.
 """
-import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -124,26 +125,27 @@ def _write_png(path, array):
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
 
 
-def load_checkpoint(checkpoint):
-    """A .keras file written by train.py -> the Keras model in it (one-line error if unusable)."""
-    import keras
+def load_checkpoint(checkpoint, kind=None):
+    """A .keras file written by train.py or models.convert -> the Keras model in it.
 
-    import models  # noqa: F401  (registers the custom layers and models a checkpoint names)
+    Loaded with safe_mode=True (no Lambda layers, no classes this project does not define);
+    kind ("pspnet" or "mask_rcnn"): refuse a checkpoint of the other model. Raises
+    models.checkpoints.CheckpointError, one line naming the file.
+    """
+    from models import checkpoints
 
-    if not os.path.isfile(checkpoint):
-        raise SystemExit(f"--checkpoint {checkpoint}: no such file (a .keras file written by train.py)")
-    try:
-        return keras.saving.load_model(checkpoint, compile=False)
-    except Exception as error:  # a corrupt or foreign file: say which and why, in one line
-        raise SystemExit(f"--checkpoint {checkpoint}: cannot load it as a Keras model ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})")
+    model = checkpoints.load_keras_file(checkpoint)
+    if kind is not None:
+        checkpoints.check_kind(model, kind, checkpoint, hint={
+            checkpoints.MASK_RCNN: "pass --model mask_rcnn", checkpoints.PSPNET: "pass --model pspnet"})
+    return model
 
 
 def load_segmentation_model(checkpoint):
     """A .keras PSPNet checkpoint -> a model with only the main logits output."""
     from models.pspnet import inference_model
 
-    model = load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint, kind="pspnet")
     return inference_model(model) if isinstance(model.output, dict) else model
 
 
@@ -157,7 +159,7 @@ def evaluate_mask_rcnn(args):
     from data import coco
     from models.mask_rcnn import predict_oracle_masks
 
-    trainer = load_checkpoint(args.checkpoint)
+    trainer = load_checkpoint(args.checkpoint, kind="mask_rcnn")
     run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.json")
     sizes = {"short_side": 800, "long_side": 1333}
     if os.path.exists(run_config):
@@ -218,18 +220,10 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     return metrics
 
 
-def _parse_scales(text):
-    try:
-        scales = tuple(float(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales takes numbers like 0.5,0.75,1.0, got {text!r}")
-    if not scales or min(scales) <= 0:
-        raise argparse.ArgumentTypeError(f"--scales must be positive, got {text!r}")
-    return scales
-
-
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from data import cli_checks
+
+    parser = cli_checks.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
     parser.add_argument("--data", required=True, help="dataset root (Cityscapes: holds leftImg8bit/ and gtFine/)")
@@ -240,7 +234,7 @@ def build_parser():
     parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
     parser.add_argument("--crop", type=int, default=713, help="sliding window size")
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--scales", type=_parse_scales, default=(1.0,), help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
+    parser.add_argument("--scales", default="1", help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
     parser.add_argument("--boxes", choices=["gt"], default="gt",
                         help="Mask R-CNN: boxes to segment (gt = the ground-truth boxes; the detector comes later)")
@@ -248,34 +242,74 @@ def build_parser():
                         help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
     parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
     parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
+    cli_checks.add_skip_bad_flag(parser)
+    cli_checks.add_debug_flag(parser)
     return parser
 
 
+def check_args(args):
+    """Checks the parsed flags (raises data.cli_checks.UsageError naming the flag); parses --scales."""
+    from data import cli_checks
+
+    cli_checks.check_positive("--crop", args.crop)
+    args.scales = cli_checks.parse_scales("--scales", args.scales)
+    cli_checks.check_non_negative("--max-images", args.max_images, " (0 evaluates every image)")
+    for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
+        if value is not None:
+            cli_checks.check_positive(flag, value)
+    cli_checks.check_output_outside("--out", args.out, "--data", args.data)
+    return args
+
+
 def main(argv=None):
+    from data import cli_checks
+
     args = build_parser().parse_args(argv)
-    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
-        raise SystemExit(f"--out {args.out}: holds an earlier evaluation (metrics.json); pass --overwrite or another --out")
-    if args.model == "mask_rcnn":
-        return evaluate_mask_rcnn(args)
+    with cli_checks.user_errors(args.debug):
+        check_args(args)
+        if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
+            raise SystemExit(f"--out {args.out}: holds an earlier evaluation (metrics.json); "
+                             "pass --overwrite or another --out")
+        if args.model == "mask_rcnn":
+            return evaluate_mask_rcnn(args)
+        return _evaluate_pspnet_cli(args)
 
-    from data import cityscapes
 
-    model = load_segmentation_model(args.checkpoint)
+def _evaluate_pspnet_cli(args):
+    import tensorflow as tf
+
+    from data import cityscapes, cli_checks
+
+    skipped = []
     if args.tfds:
         elements = cityscapes.read_tfds(args.split, data_dir=os.path.join(args.data, "tfds"), manual_dir=args.data)
     else:
         try:
-            elements = cityscapes.read_folder(args.data, args.split)
+            elements = cityscapes.read_folder(args.data, args.split, skip_bad=args.skip_bad, skipped=skipped)
         except FileNotFoundError as error:
             raise SystemExit(f"--data: {error}")
+    model = load_segmentation_model(args.checkpoint)  # after the data: a wrong --data is found in seconds
     dataset = cityscapes.eval_pipeline(elements, batch_size=1)
     if args.max_images:
         dataset = dataset.take(args.max_images)
-    metrics = evaluate_pspnet(model, dataset, args.out, num_classes=model.output.shape[-1],
-                              mode="sliding" if args.sliding else "whole", crop_size=args.crop, flip=args.flip,
-                              scales=args.scales)
+    try:
+        metrics = evaluate_pspnet(model, dataset, args.out, num_classes=model.output.shape[-1],
+                                  mode="sliding" if args.sliding else "whole", crop_size=args.crop, flip=args.flip,
+                                  scales=args.scales)
+    except tf.errors.InvalidArgumentError as error:
+        examples = None
+        if not args.tfds:
+            with contextlib.redirect_stderr(io.StringIO()):  # the listing's --skip-bad warnings were shown already
+                examples = cityscapes.find_examples(args.data, args.split, skip_bad=True)
+        bad = cityscapes.explain_decode_error(error, examples)  # TensorFlow's decoders name no file
+        if bad is None:
+            raise
+        raise bad from None
     print(format_table(metrics))
     print(f"wrote {args.out}/metrics.json, predictions and confusion_matrix.png")
+    if skipped:
+        cli_checks.warn(f"{len(skipped)} {args.split} examples with bad files were skipped and not scored "
+                        "(--skip-bad; listed above)")
     return metrics
 
 

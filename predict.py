@@ -3,12 +3,13 @@
     python predict.py --checkpoint runs/x/best.keras photo.jpg more_photos/ --out predictions/
     python predict.py --checkpoint ... IMAGES --out DIR --sliding --crop 713 --flip --scales 0.75,1,1.25
 
-Any size and any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...). For each
-image NAME it writes NAME_color.png (Cityscapes palette), NAME_overlay.png
-(the mask blended on the image) and NAME_labelIds.png (single-channel
-Cityscapes labelIds).
+Any size and any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...); greyscale,
+RGBA (alpha dropped), 16-bit and EXIF-rotated images are converted as data.images
+describes, and the outputs are upright. For each image NAME it writes
+NAME_color.png (Cityscapes palette), NAME_overlay.png (the mask blended on the
+image) and NAME_labelIds.png (single-channel Cityscapes labelIds). A bad image
+stops the run with one line naming it; --skip-bad skips it with a warning.
 """
-import argparse
 import os
 import sys
 
@@ -16,8 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # oneDNN CPU kernels on (TensorFlow enables them only on some CPUs): 1.5x faster PSPNet training
 # steps here, see BENCHMARKS.md. TF_ENABLE_ONEDNN_OPTS=0 in the environment turns them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-import numpy as np  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -38,16 +37,6 @@ def find_images(inputs):
     return paths
 
 
-def read_rgb(path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise SystemExit(f"{path}: not a readable image ({error})")
-
-
 def predict_image(model, rgb, *, mode="whole", crop_size=713, flip=False, scales=(1.0,)):
     """uint8 [H, W, 3] RGB -> trainId map [H, W] int32."""
     from data import cityscapes
@@ -58,10 +47,10 @@ def predict_image(model, rgb, *, mode="whole", crop_size=713, flip=False, scales
     return predict_classes(probabilities).numpy()[0]
 
 
-def main(argv=None):
-    from evaluate import _parse_scales, _write_png, load_segmentation_model
+def build_parser():
+    from data import cli_checks
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli_checks.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     parser.add_argument("--out", required=True)
@@ -69,23 +58,66 @@ def main(argv=None):
     parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
     parser.add_argument("--crop", type=int, default=713, help="sliding window size")
     parser.add_argument("--flip", action="store_true")
-    parser.add_argument("--scales", type=_parse_scales, default=(1.0,))
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask")
-    args = parser.parse_args(argv)
+    parser.add_argument("--scales", default="1", help="multi-scale factors, e.g. 0.75,1,1.25")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, in [0, 1]")
+    cli_checks.add_skip_bad_flag(parser)
+    cli_checks.add_debug_flag(parser)
+    return parser
 
-    from data import cityscapes
+
+def check_args(args):
+    """Checks the parsed flags (raises data.cli_checks.UsageError naming the flag); parses --scales.
+
+    --out may not lie inside an input folder: the next run over that folder would take the
+    masks written there for photos.
+    """
+    from data import cli_checks
+
+    cli_checks.check_positive("--crop", args.crop)
+    args.scales = cli_checks.parse_scales("--scales", args.scales)
+    cli_checks.check_fraction("--alpha", args.alpha)
+    for item in args.inputs:
+        if os.path.isdir(item):
+            cli_checks.check_output_outside("--out", args.out, "input folder", item)
+    return args
+
+
+def main(argv=None):
+    from data import cli_checks
+
+    args = build_parser().parse_args(argv)
+    with cli_checks.user_errors(args.debug):
+        check_args(args)
+        return _predict(args)
+
+
+def _predict(args):
+    from evaluate import _write_png
+
+    from data import cityscapes, cli_checks, images
+    from models import checkpoints
+    from models.pspnet import inference_model
     from models.pspnet.inference import colorize, overlay
 
     paths = find_images(args.inputs)
-    model = load_segmentation_model(args.checkpoint)
+    model = checkpoints.check_kind(checkpoints.load_keras_file(args.checkpoint), checkpoints.PSPNET,
+                                   args.checkpoint, hint="predict.py runs PSPNet checkpoints")
+    model = inference_model(model) if isinstance(model.output, dict) else model
     os.makedirs(args.out, exist_ok=True)
-    written = []
+    written, skipped = [], 0
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         targets = {kind: os.path.join(args.out, f"{stem}_{kind}.png") for kind in ("color", "overlay", "labelIds")}
         if not args.overwrite and any(os.path.exists(t) for t in targets.values()):
             raise SystemExit(f"{targets['color']}: exists already; pass --overwrite or another --out")
-        rgb = read_rgb(path)
+        try:
+            rgb = images.read_image(path)
+        except images.BadImageError as error:
+            if not args.skip_bad:
+                raise
+            cli_checks.warn(f"skipped: {error}")
+            skipped += 1
+            continue
         train_ids = predict_image(model, rgb, mode="sliding" if args.sliding else "whole", crop_size=args.crop,
                                   flip=args.flip, scales=args.scales)
         color = colorize(train_ids, cityscapes.CLASS_COLORS)
@@ -93,7 +125,9 @@ def main(argv=None):
         _write_png(targets["overlay"], overlay(rgb, color, alpha=args.alpha))
         _write_png(targets["labelIds"], cityscapes.to_label_ids(train_ids))
         written.append(targets["overlay"])
-    print(f"wrote masks and overlays of {len(paths)} image(s) to {args.out}")
+    if skipped:
+        cli_checks.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
+    print(f"wrote masks and overlays of {len(written)} image(s) to {args.out}")
     return written
 
 

@@ -6,6 +6,7 @@ Two readers give the same elements, so everything downstream is shared:
                                leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip:
         root/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
         root/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+                               (listed and checked by data.cityscapes_files.find_examples)
     read_tfds(split, ...)      TFDS `cityscapes/semantic_segmentation`, built
                                offline from those two zips.
 
@@ -32,13 +33,14 @@ decoding and each worker draws different augmentations:
 """
 import collections
 import functools
-import os
+import sys
 
 import numpy as np
 import tensorflow as tf
 
 from data import augment
 from data.augment import normalize_image  # noqa: F401  (part of this module's API)
+from data.cityscapes_files import Example, explain_decode_error, find_examples  # noqa: F401  (this module's API)
 from models.resnet import INPUT_MEAN, INPUT_STD
 
 IGNORE_LABEL = 255
@@ -102,6 +104,9 @@ for _l in _TRAINED:
 # with the models, applied here.
 IMAGE_MEAN, IMAGE_STD = INPUT_MEAN, INPUT_STD
 
+# Largest labelId in the table; values above it (up to 255) are not Cityscapes classes.
+MAX_LABEL_ID = max(l.id for l in LABELS)
+
 _TFDS_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -135,52 +140,16 @@ def to_label_ids(train_ids):
     return _lookup(_TO_LABEL_ID, train_ids, 0)
 
 
-Example = collections.namedtuple("Example", ["id", "image_path", "label_path"])
-
-
-def find_examples(root, split, with_labels=True):
-    """Lists one split of the official folder layout, sorted by id.
-
-    root: the folder that holds leftImg8bit/ and gtFine/ (local or any
-    tf.io.gfile path). Returns [Example(id, image_path, label_path)];
-    label_path is None when with_labels is False. Raises FileNotFoundError
-    naming the missing folder or label file.
-    """
-    image_dir = os.path.join(root, "leftImg8bit", split)
-    if not tf.io.gfile.isdir(image_dir):
-        raise FileNotFoundError(
-            f"{image_dir}: no such folder; pass the Cityscapes root that holds leftImg8bit/ and gtFine/"
-        )
-    suffix = "_leftImg8bit.png"
-    image_paths = sorted(tf.io.gfile.glob(os.path.join(image_dir, "*", "*" + suffix)))
-    if not image_paths:
-        raise FileNotFoundError(f"{image_dir}: no <city>/*{suffix} images in it")
-    label_paths = set()
-    if with_labels:
-        label_paths = set(tf.io.gfile.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png")))
-    examples = []
-    for image_path in image_paths:
-        city = os.path.basename(os.path.dirname(image_path))
-        example_id = os.path.basename(image_path)[: -len(suffix)]
-        label_path = None
-        if with_labels:
-            label_path = os.path.join(root, "gtFine", split, city, example_id + "_gtFine_labelIds.png")
-            if label_path not in label_paths:
-                raise FileNotFoundError(
-                    f"{label_path}: missing label for {image_path} "
-                    "(labels come from gtFine_trainvaltest.zip)"
-                )
-        examples.append(Example(example_id, image_path, label_path))
-    return examples
-
-
-def read_folder(root, split, *, with_labels=True, shuffle=False, seed=None, input_context=None):
+def read_folder(root, split, *, with_labels=True, shuffle=False, seed=None, input_context=None,
+                skip_bad=False, skipped=None):
     """The official folder layout as a dataset of decoded elements (see module doc).
 
-    Files are sharded (input_context: a tf.distribute.InputContext) and shuffled
-    (a full reshuffle every epoch) before any image is decoded.
+    Files are checked (find_examples; skip_bad leaves bad examples out and lists
+    them in `skipped`), then
+    sharded (input_context: a tf.distribute.InputContext) and shuffled (a full
+    reshuffle every epoch) before any image is decoded.
     """
-    examples = find_examples(root, split, with_labels)
+    examples = find_examples(root, split, with_labels, skip_bad=skip_bad, skipped=skipped)
     encoded = {
         "id": [e.id for e in examples],
         "image": [e.image_path for e in examples],
@@ -194,7 +163,8 @@ def read_folder(root, split, *, with_labels=True, shuffle=False, seed=None, inpu
         dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
 
     def read(element):
-        return _decode({k: v if k == "id" else tf.io.read_file(v) for k, v in element.items()})
+        encoded = {k: v if k == "id" else tf.io.read_file(v) for k, v in element.items()}
+        return _decode(encoded, label_name=element.get("label"))
 
     return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -246,18 +216,36 @@ def read_tfds(split, *, data_dir=None, manual_dir=None, with_labels=True, shuffl
     return dataset.map(rename).map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _decode(element):
-    """{"id", "image": PNG bytes, "label": PNG bytes} -> the decoded element."""
+def _decode(element, label_name=None):
+    """{"id", "image": PNG bytes, "label": PNG bytes} -> the decoded element.
+
+    label_name: string [] naming the label in warnings (its path; default the id).
+    Label pixels whose labelId is not in LABELS (34..255) become ignore through
+    to_train_ids like every void class; each label holding any gets a one-line
+    warning on stderr with their count, so a wrongly encoded label set (trainIds
+    or colours saved as labelIds) does not train on "ignore" silently.
+    """
     image = tf.io.decode_png(element["image"], channels=3)
     decoded = {"id": element["id"], "image": image}
     if "label" in element:
         label = tf.io.decode_png(element["label"], channels=1)[..., 0]
         size_ok = tf.reduce_all(tf.shape(label) == tf.shape(image)[:2])
-        with tf.control_dependencies([tf.debugging.Assert(
-            size_ok, [tf.strings.join([element["id"], ": label size differs from its image"])]
-        )]):
+        outside = tf.math.count_nonzero(label > MAX_LABEL_ID)
+        name = element["id"] if label_name is None else label_name
+        with tf.control_dependencies([
+            # read_folder checked the sizes from the headers already; TFDS's files only get this check.
+            tf.debugging.Assert(size_ok, [tf.strings.join([element["id"], ": label size differs from its image"])]),
+            tf.cond(outside > 0, lambda: _warn_outside(name, outside), tf.no_op),
+        ]):
             decoded["label"] = tf.identity(label)
     return decoded
+
+
+def _warn_outside(name, count):
+    message = tf.strings.join([
+        "warning: ", name, ": ", tf.strings.as_string(count),
+        f" label pixels have labelIds outside the Cityscapes table (> {MAX_LABEL_ID}); they are ignored"])
+    return tf.print(message, output_stream=sys.stderr)
 
 
 def train_pipeline(dataset, *, batch_size, crop_size=(713, 713), scale_range=(0.5, 2.0), seed=None,
@@ -376,57 +364,3 @@ def eval_pipeline(dataset, *, batch_size=1):
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-
-
-def benchmark_pipeline(root, *, crop_size=(713, 713), num_elements=200, batch_size=2, repeats=3):
-    """Images per second: reading + PNG decoding alone vs the whole train pipeline.
-
-    Both read the train split of `root` (official layout, e.g. a sample written
-    by `python -m data.samples cityscapes ROOT --size 1024x2048`) in a loop with
-    the same parallel decoding (read_folder); the train pipeline adds the
-    default recipe (scale, rotation, blur, flip, crop, normalization) and
-    batching. After one untimed pass each (compiling, AUTOTUNE, file cache),
-    the two are timed alternately `repeats` times over `num_elements` images,
-    so a load that drifts on a shared machine hits both; figures are medians.
-
-    Returns {"decode_images_per_s", "train_images_per_s", "ratio" (train time
-    per image / decode time per image; 1 means augmentation is free),
-    "decode_cpu_ms_per_image", "train_cpu_ms_per_image", "cpu_ratio" (the
-    same from CPU time), "num_elements", "crop_size", "image_size" [H, W] of
-    the first image}.
-    """
-    import time
-
-    num_batches = max(num_elements // batch_size, 1)
-    num_elements = num_batches * batch_size
-    decode_only = read_folder(root, "train").repeat().take(num_elements).prefetch(tf.data.AUTOTUNE)
-    full = train_pipeline(read_folder(root, "train").repeat(), batch_size=batch_size, crop_size=crop_size,
-                          seed=0).take(num_batches)
-
-    def seconds(dataset):
-        """(wall, CPU) seconds of one pass over `dataset`.
-
-        CPU time (all threads of this process) is the steadier figure on a
-        shared machine, where other processes take cores away.
-        """
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in dataset:
-            pass
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    seconds(decode_only), seconds(full)
-    timings = np.array([(seconds(decode_only), seconds(full)) for _ in range(repeats)])  # [repeats, 2, 2]
-    (decode_s, decode_cpu), (full_s, full_cpu) = np.median(timings, axis=0)
-    with tf.io.gfile.GFile(find_examples(root, "train")[0].image_path, "rb") as f:
-        header = f.read(24)  # PNG IHDR: width and height, big-endian uint32, at bytes 16..23
-    return {
-        "decode_images_per_s": num_elements / decode_s,
-        "train_images_per_s": num_elements / full_s,
-        "ratio": full_s / decode_s,
-        "decode_cpu_ms_per_image": 1000 * decode_cpu / num_elements,
-        "train_cpu_ms_per_image": 1000 * full_cpu / num_elements,
-        "cpu_ratio": full_cpu / decode_cpu,
-        "num_elements": num_elements,
-        "crop_size": [int(v) for v in crop_size],
-        "image_size": [int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")],
-    }

@@ -240,7 +240,9 @@ def _keras_applications_resnet(depth, weights):
         return constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
     weights = str(weights)
     if weights.endswith(".keras"):
-        return keras.saving.load_model(weights, compile=False)
+        from models.checkpoints import load_keras_file  # safe_mode=True, one-line refusals
+
+        return load_keras_file(weights, flag="backbone weights")
     # A weights file fits only the topology it was saved from: try both heads.
     errors = []
     for include_top in (False, True):

@@ -133,5 +133,5 @@ def test_cli_on_a_checkpoint_writes_everything_and_refuses_to_overwrite(tmp_path
     with pytest.raises(SystemExit, match="no such file"):
         evaluate.main(["--checkpoint", str(tmp_path / "missing.keras"), "--data", root, "--out", out, "--overwrite"])
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
-    with pytest.raises(SystemExit, match="cannot load"):
+    with pytest.raises(SystemExit, match="broken.keras: not a .keras file"):
         evaluate.main(["--checkpoint", str(tmp_path / "broken.keras"), "--data", root, "--out", out, "--overwrite"])

@@ -44,5 +44,5 @@ def test_errors_name_the_file(checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="missing.png: no such file"):
         predict.main(["--checkpoint", checkpoint, str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(SystemExit, match="broken.png: not a readable image"):
+    with pytest.raises(SystemExit, match="broken.png: not an image file"):
         predict.main(["--checkpoint", checkpoint, str(tmp_path / "broken.png"), "--out", str(tmp_path / "o")])

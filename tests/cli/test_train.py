@@ -52,7 +52,7 @@ def test_mirrored_two_replicas_trains(cityscapes_root, tmp_path, two_replica_str
     state = json.load(open(os.path.join(out, "state.json")))
     assert state["epochs_done"] == 1 and state["steps_done"] == 2
     import keras
-    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False)
+    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True)
     synced = [layer for layer in model.get_layer("backbone").layers if hasattr(layer, "synchronized")]
     assert synced and all(layer.synchronized for layer in synced)  # sync BN under a strategy
 

@@ -58,7 +58,7 @@ def test_model_and_trainer_round_trip_through_keras_files(tmp_path):
     expected = model(inputs)
     for obj, name in ((model, "model.keras"), (trainer, "trainer.keras")):
         obj.save(tmp_path / name)
-        loaded = keras.saving.load_model(tmp_path / name)
+        loaded = keras.saving.load_model(tmp_path / name, safe_mode=True)
         out = loaded(inputs)
         for key in expected:
             np.testing.assert_allclose(out[key], expected[key], atol=1e-6)

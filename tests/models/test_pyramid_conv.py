@@ -102,7 +102,7 @@ def test_keras_round_trip(tmp_path):
     model = keras.Model(symbolic, PyramidConv2D(4, 3, name="head_conv")(symbolic))
     path = str(tmp_path / "m.keras")
     model.save(path)
-    reloaded = keras.models.load_model(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
     np.testing.assert_allclose(reloaded(inputs).numpy(), model(inputs).numpy(), rtol=1e-6)
     assert reloaded.get_layer("head_conv").kernel.shape == (3, 3, 5 + 4 * 3, 4)
 

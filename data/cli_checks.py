@@ -1,0 +1,143 @@
+"""Command-line checks shared by the CLIs: one-line errors that name the flag, no traceback unless --debug.
+
+A CLI parses with `ArgumentParser` (argparse, but a parse error is one line), checks its
+values with the functions here (each raises UsageError naming the flag), and runs its
+work inside `user_errors(debug)`, which turns the errors a user can fix (USER_ERRORS) into
+a one-line message on stderr and exit status 1:
+
+    parser = cli_checks.ArgumentParser(description=...)
+    cli_checks.add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    with cli_checks.user_errors(args.debug):
+        cli_checks.check_positive("--crop", args.crop)
+        ...
+"""
+import argparse
+import contextlib
+import os
+import sys
+
+from data.images import BadImageError
+
+
+class UsageError(ValueError):
+    """A flag's value a user must change; str() is one line naming the flag."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line parse errors ("prog: error: ...", exit 2) instead of usage + error.
+
+    The full usage stays one `--help` away.
+    """
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_debug_flag(parser):
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full Python traceback of an input error (for bug reports)")
+
+
+def add_skip_bad_flag(parser):
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images (and Cityscapes examples with a bad label) with a warning "
+                             "each and a count at the end, instead of stopping at the first")
+
+
+def _user_errors():
+    """The exception types whose message is enough for a user (each names its file or flag).
+
+    CheckpointError counts only once models.checkpoints is imported (it cannot have been raised
+    before), so a flag error does not import Keras just to be reported.
+    """
+    checkpoints = sys.modules.get("models.checkpoints")
+    extra = (checkpoints.CheckpointError,) if checkpoints is not None else ()
+    return (UsageError, BadImageError, FileNotFoundError) + extra
+
+
+@contextlib.contextmanager
+def user_errors(debug=False):
+    """Inside: a user's error (UsageError, BadImageError, CheckpointError, FileNotFoundError) becomes
+    SystemExit(its one-line message), i.e. that line on stderr and exit status 1. With debug the
+    exception propagates with its traceback."""
+    try:
+        yield
+    except _user_errors() as error:
+        if debug:
+            raise
+        raise SystemExit(_one_line(error)) from None
+
+
+def _one_line(error):
+    text = str(error).strip()
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: no such file or folder"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_positive(flag, value):
+    """value > 0 (batch size, crop, steps, ...); returns it."""
+    if value is None or value <= 0:
+        raise UsageError(f"{flag} must be positive, got {value}")
+    return value
+
+
+def check_non_negative(flag, value, meaning_of_zero=""):
+    """value >= 0 (counts where 0 means "all" or "none"); returns it."""
+    if value is None or value < 0:
+        raise UsageError(f"{flag} must be 0 or more{meaning_of_zero}, got {value}")
+    return value
+
+
+def check_fraction(flag, value):
+    """0 <= value <= 1 (opacities, probabilities); returns it."""
+    if value is None or not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} must lie in [0, 1], got {value}")
+    return value
+
+
+def parse_scales(flag, text):
+    """"0.5,0.75,1" -> (0.5, 0.75, 1.0), every factor positive."""
+    try:
+        scales = tuple(float(s) for s in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes positive numbers separated by commas, like 0.5,0.75,1.0, "
+                         f"got {text!r}") from None
+    if not all(s > 0 for s in scales):  # also refuses nan
+        raise UsageError(f"{flag} factors must be positive, got {text!r}")
+    return scales
+
+
+def check_divisible(flag, value, divisor, what):
+    """value % divisor == 0 (a global batch over replicas); returns value // divisor."""
+    if value % divisor:
+        raise UsageError(f"{flag} {value} does not split evenly over {divisor} {what}; pass a multiple of {divisor}")
+    return value // divisor
+
+
+def check_choice(flag, value, choices):
+    """value in choices (a model, backbone, preset name given as free text); returns it."""
+    if value not in choices:
+        raise UsageError(f"{flag} {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _real(path):
+    path = str(path)
+    return path.rstrip("/") if "://" in path else os.path.realpath(path)
+
+
+def check_output_outside(out_flag, out, data_flag, data):
+    """The output folder must not lie inside (or be) the dataset folder: writing predictions there
+    would mix them with the dataset's own files (and a later reader would list them as data)."""
+    out_path, data_path = _real(out), _real(data)
+    if out_path == data_path or out_path.startswith(data_path.rstrip("/") + "/"):
+        raise UsageError(f"{out_flag} {out}: inside the dataset folder {data_flag} {data}; "
+                         "write results to a folder outside it")
+    return out
+
+
+def warn(message):
+    """A one-line warning on stderr (skipped files, converted images)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
