@@ -77,5 +77,8 @@ def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5, sc
         detections.append({
             "boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "category_ids": outputs["category_ids"][b, :n],
             "scores": outputs["scores"][b, :n],
-            "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original), mask_threshold)})
+            # Pasted as torchvision pastes (box grown by one mask cell, whole pixels), the convention the
+            # converted weights were trained and evaluated with.
+            "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original), mask_threshold,
+                                 torchvision_compatible=True)})
     return detections

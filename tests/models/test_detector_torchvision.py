@@ -121,17 +121,17 @@ def test_detect_end_to_end_matches_torchvision(setup):
     np.testing.assert_array_equal(detections["category_ids"], reference["labels"])
     # Our own transform's input differs by ~1e-5 (see the 800 / 1333 test): scores to 1e-4 here.
     np.testing.assert_allclose(detections["scores"], reference["scores"], atol=1e-4)
-    # The pasted masks are torchvision's 28 x 28 probabilities put at torchvision's boxes with this project's
-    # paste (whose convention differs from torchvision's integer-box paste: compared in the paste's own tests).
+    # The pasted masks against torchvision's own pasted masks (its paste_masks_in_image, threshold 0.5).
     masks = detections["masks"].dense()
-    expected = paste_masks(reference["mask_probs"], reference["pasted_boxes"], setup["image"].shape[:2]).dense()
+    expected = reference["pasted_probs"] >= 0.5
     union = (masks | expected).sum(axis=(1, 2))
     iou = (masks & expected).sum(axis=(1, 2)) / np.maximum(union, 1)
     assert masks.shape == (100, 600, 512) and union.min() > 0
     # Random-weight masks hover around 0.5, so probabilities 1e-3 apart flip a pixel here and there: IoU over all
-    # masks >= 0.99, and >= 0.95 for each (a 40-pixel mask loses 2.5% per pixel).
+    # masks >= 0.99, and for each mask IoU >= 0.95 or at most 2 pixels differing (tiny masks lose >2.5% a pixel).
     assert (masks & expected).sum() / union.sum() >= 0.99
-    assert iou.min() >= 0.95, np.sort(iou)[:5]
+    differing = (masks ^ expected).sum(axis=(1, 2))
+    assert np.all((iou >= 0.95) | (differing <= 2)), (iou[iou < 0.95], differing[iou < 0.95], union[iou < 0.95])
 
 
 @pytest.mark.slow
