@@ -1,9 +1,13 @@
-"""COCO instances: pycocotools reader, compact instance masks, tf.data pipeline, results and COCOeval.
+"""COCO instances: the split readers and the tf.data pipeline (masks, records, results and COCOeval beside it).
 
 Layout read (the official one):
 
     DATA_DIR/annotations/instances_{train,val}2017.json
     DATA_DIR/{train,val}2017/*.jpg
+
+read_coco converts a split once into TFRecord shards (data.coco_convert; also
+`python -m data.coco prepare DATA_DIR`) and reads those (data.coco_records);
+read_coco(..., in_memory=True) keeps the whole split in memory instead.
 
 Conventions used by everything that consumes this module:
 - Boxes are [y1, x1, y2, x2] float32 in absolute pixels, continuous coordinates
@@ -21,25 +25,20 @@ import dataclasses
 import functools
 import io
 import itertools
-import json
 import logging
 import os
 
 import numpy as np
 import tensorflow as tf
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 # The same ImageNet normalisation as the Cityscapes pipeline.
 from data.augment import normalize_image
-from data.coco_masks import annotation_mask, crop_mask  # noqa: F401  (part of this module's API)
 from data.coco_json import CocoFileNotFound, CocoInputError, load_instances  # noqa: F401  (CLIs catch these)
+from data.coco_masks import annotation_mask, crop_mask  # noqa: F401  (part of this module's API)
+from data.coco_results import SEGM_METRICS, evaluate_segm, segm_results, write_results  # noqa: F401  (likewise)
 
 log = logging.getLogger(__name__)
-
-SEGM_METRICS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl")
-
 
 @dataclasses.dataclass(frozen=True)
 class Categories:
@@ -105,19 +104,30 @@ class CocoSplit:
 
 
 def read_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_without_annotations=False,
-              skip_bad=False):
-    """Read DATA_DIR/annotations/instances_{split}2017.json and index its images, all in memory.
+              skip_bad=False, in_memory=False, records_dir=None):
+    """Read the split DATA_DIR/annotations/instances_{split}2017.json + DATA_DIR/{split}2017/.
 
-    For small datasets and as the reference of the record route (data.coco_records,
-    which reads COCO at full size). Drops (counted in CocoSplit.dropped and logged,
+    By default through records (data.coco_records.open_coco): the first use
+    converts the split once into TFRecord shards (records_dir, default
+    DATA_DIR/records/...), later uses open them in well under a second; returns a
+    CocoRecords. in_memory=True reads everything into a CocoSplit instead (the
+    reference the records are tested against). Both have categories, coco,
+    dropped, summary(), records, mask_size, max_instances, and give the same
+    make_dataset elements.
+
+    Drops (counted in .dropped and logged,
     never silent): polygon parts with fewer than 3 points (the annotation too when
     no part is left), boxes of zero width or height, instances beyond max_instances
     in one image, and, with skip_images_without_annotations=True, images with no
     usable instance. iscrowd annotations are not instances: they are kept as
     crowd_boxes. Bad input (data.coco_json) raises CocoInputError, one line naming
-    the file and the id, or with skip_bad=True is skipped and counted. Returns a
-    CocoSplit.
+    the file and the id, or with skip_bad=True is skipped and counted.
     """
+    if not in_memory:
+        from data.coco_records import open_coco
+
+        return open_coco(data_dir, split, mask_size=mask_size, max_instances=max_instances, skip_bad=skip_bad,
+                         skip_images_without_annotations=skip_images_without_annotations, records_dir=records_dir)
     ann_path, image_dir = split_paths(data_dir, split)
     index = load_instances(ann_path, image_dir, skip_bad=skip_bad)
     for image in index.images:
@@ -347,60 +357,6 @@ def _flip_boxes(boxes, width):
     """Mirror [N, 4] (y1, x1, y2, x2) boxes in an image `width` pixels wide."""
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     return tf.stack([y1, width - x2, y2, width - x1], axis=-1)
-
-
-def segm_results(predictions, categories):
-    """COCO segm results from per-image predictions.
-
-    predictions: iterable of dicts with image_id int, masks at the original
-    image size (either [N, H, W] 0/1, or an object with an rle() method giving
-    the N COCO RLEs, such as models.mask_rcnn.PastedMasks), class_ids [N]
-    (contiguous 1..K), scores [N] float.
-    Returns [{image_id, category_id (COCO id), segmentation {size, counts: str},
-    score}], without a `bbox` key (it would make COCOeval size masks by box area).
-    """
-    results = []
-    for p in predictions:
-        masks = p["masks"]
-        if not len(masks):
-            continue
-        if hasattr(masks, "rle"):  # duck-typed: data does not import models
-            rles = masks.rle()
-        else:
-            rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, np.uint8).transpose(1, 2, 0)))
-        for rle, cat, score in zip(rles, categories.to_coco(p["class_ids"]), p["scores"]):
-            results.append({"image_id": int(p["image_id"]), "category_id": int(cat),
-                            "segmentation": {"size": [int(v) for v in rle["size"]],
-                                             "counts": rle["counts"].decode("ascii")},
-                            "score": float(score)})
-    return results
-
-
-def write_results(path, results):
-    """Write COCO results (a list of dicts) as JSON."""
-    with open(path, "w") as f:
-        json.dump(results, f)
-
-
-def evaluate_segm(coco_gt, results, verbose=False):
-    """COCO mask AP of `results` against `coco_gt` (a pycocotools COCO), with COCOeval.
-
-    Returns {segm_AP, segm_AP50, segm_AP75, segm_APs, segm_APm, segm_APl} as
-    floats in [0, 1]; -1.0 where the ground truth has no object of that size
-    (COCOeval's convention); all 0.0 when there are no results. Evaluates every
-    image of coco_gt. verbose=True prints COCOeval's table.
-    """
-    if not results:
-        return {name: 0.0 for name in SEGM_METRICS}
-    chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with chatter:
-        # loadRes writes area/bbox/id into the dicts it is given: hand it copies.
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(value) for name, value in zip(SEGM_METRICS, evaluator.stats[:6])}
 
 
 if __name__ == "__main__":

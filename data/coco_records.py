@@ -36,6 +36,7 @@ image-id order. Memory is bounded by the buffers, whatever the dataset's size.
 """
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -51,6 +52,7 @@ INTERLEAVE = 4
 
 _FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/file_name": tf.io.FixedLenFeature([], tf.string),
     "image/id": tf.io.FixedLenFeature([], tf.int64),
     "image/height": tf.io.FixedLenFeature([], tf.int64),
     "image/width": tf.io.FixedLenFeature([], tf.int64),
@@ -132,6 +134,15 @@ class CocoRecords:
         parts += [f"{n} {reason.replace('_', ' ')}" for reason, n in self.dropped.items() if n]
         return ", ".join(parts)
 
+    @property
+    def records(self):
+        """Every image read back as data.coco.CocoSplit.records holds them (all in memory: for small splits)."""
+        image_dir = self.manifest["image_dir"]
+        return [dict(image_id=int(e["image_id"]), path=os.path.join(image_dir, e["file_name"].decode()),
+                     height=int(e["original_size"][0]), width=int(e["original_size"][1]), boxes=e["boxes"],
+                     class_ids=e["class_ids"], masks=e["masks"], crowd_boxes=e["crowd_boxes"])
+                for e in read_records(self, training=False).as_numpy_iterator()]
+
     @functools.cached_property
     def coco(self):
         import contextlib
@@ -150,7 +161,17 @@ class CocoRecords:
 
 
 def default_records_dir(data_dir, split, mask_size, parent=None):
-    return os.path.join(parent or os.path.join(data_dir, "records"), f"{split}2017_mask{mask_size}")
+    """DATA_DIR/records/{split}2017_mask{S}, or (DATA_DIR read-only, no records there yet) the same under
+    ~/.cache/keras-segmentation/coco/<hash of DATA_DIR's path>/."""
+    name = f"{split}2017_mask{mask_size}"
+    if parent:
+        return os.path.join(parent, name)
+    beside = os.path.join(data_dir, "records", name)
+    if os.path.exists(beside) or os.access(data_dir, os.W_OK):
+        return beside
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+    return os.path.join(cache, "keras-segmentation", "coco", digest, name)
 
 
 def open_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_without_annotations=False,
@@ -200,8 +221,6 @@ def _check_source(records, ann_path):
     stat = os.stat(ann_path)
     if (stat.st_size, stat.st_mtime_ns) == (made_from["size"], made_from["mtime_ns"]):
         return
-    import hashlib
-
     with open(ann_path, "rb") as f:
         if hashlib.sha1(f.read()).hexdigest() != made_from["sha1"]:
             raise ValueError(f"{ann_path} has changed since the records in {records.records_dir} were made from it: "
@@ -261,7 +280,8 @@ def _parse(serialized, epoch, *, mask_size, max_instances):
     features = tf.io.parse_single_example(serialized, _FEATURES)
     masks = tf.reshape(tf.io.decode_raw(features["instances/masks"], tf.uint8), [-1, mask_size, mask_size])
     return dict(
-        image_bytes=features["image/encoded"], image_id=features["image/id"], epoch=epoch,
+        image_bytes=features["image/encoded"], file_name=features["image/file_name"],
+        image_id=features["image/id"], epoch=epoch,
         original_size=tf.cast(tf.stack([features["image/height"], features["image/width"]]), tf.int32),
         boxes=features["instances/boxes"][:max_instances],
         class_ids=tf.cast(features["instances/class_ids"][:max_instances], tf.int32),

@@ -92,14 +92,14 @@ def test_bad_json_is_one_line_naming_file_and_id_or_skipped(root, tmp_path, name
         ids = _ids(json.load(f))
     data = _variant(root, tmp_path, edit)
     expected = re.escape("instances_train2017.json: " + message.format(**ids))
-    for read in (lambda: coco_data.read_coco(data, "train"), lambda: _convert(data, tmp_path)):
+    for read in (lambda: coco_data.read_coco(data, "train", in_memory=True), lambda: _convert(data, tmp_path)):
         with pytest.raises(CocoInputError, match=expected) as caught:
             read()
         assert "\n" not in str(caught.value)
     manifest = _convert(data, tmp_path, skip_bad=True)
     summary = coco_records.open_records(str(tmp_path / "records")).summary()
     assert f"1 {kind} skipped" in summary
-    assert summary == coco_data.read_coco(data, "train", skip_bad=True).summary()
+    assert summary == coco_data.read_coco(data, "train", skip_bad=True, in_memory=True).summary()
     assert manifest["num_images"] == 6 - (kind == "bad images")
 
 
@@ -109,7 +109,7 @@ def test_malformed_json(root, tmp_path):
     with open(path, "w") as f:
         f.write('{"images": [')
     with pytest.raises(CocoInputError, match=re.escape(f"{path}: not valid JSON")):
-        coco_data.read_coco(data, "train")
+        coco_data.read_coco(data, "train", in_memory=True)
     with pytest.raises(SystemExit) as caught:
         coco_convert.main([data, "--split", "train"])
     assert caught.value.code == 1
@@ -157,7 +157,7 @@ def test_a_size_other_than_the_json_says(root, tmp_path):
     with pytest.raises(CocoInputError, match=message):
         _convert(data, tmp_path)
     with pytest.raises(CocoInputError, match=message):
-        coco_data.read_coco(data, "train")
+        coco_data.read_coco(data, "train", in_memory=True)
     assert _convert(data, tmp_path, skip_bad=True)["num_images"] == 5
 
 
@@ -179,4 +179,4 @@ def test_official_quirks_are_dropped_and_counted_not_errors(root, tmp_path):
     _convert(data, tmp_path)
     summary = coco_records.open_records(str(tmp_path / "records")).summary()
     assert "1 zero area boxes" in summary and "1 annotations with no valid polygon" in summary
-    assert summary == coco_data.read_coco(data, "train").summary()
+    assert summary == coco_data.read_coco(data, "train", in_memory=True).summary()

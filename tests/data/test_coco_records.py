@@ -99,6 +99,16 @@ def test_records_hold_the_images_and_masks_annToMask_gives(root, records):
         assert json.load(f) == [{"id": c["id"], "name": c["name"]} for c in coco.loadCats(coco.getCatIds())]
 
 
+def test_records_read_back_as_the_in_memory_reader_holds_them(root, records):
+    memory = coco_data.read_coco(root, "train", in_memory=True, max_instances=4)
+    back = coco_records.open_records(records.records_dir, max_instances=4).records
+    assert len(back) == len(memory.records) == 20
+    for a, b in zip(memory.records, back):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def test_shard_counts(records):
     assert len(records.shard_paths) == 5
     assert [len(c) for c in records.image_counts()] == [4] * 5
@@ -111,7 +121,8 @@ def _eval_batches(split, **kw):
 
 @pytest.mark.parametrize("skip_empty", [False, True])
 def test_eval_elements_equal_the_in_memory_pipeline(root, records, skip_empty):
-    memory = coco_data.read_coco(root, "train", max_instances=3, skip_images_without_annotations=skip_empty)
+    memory = coco_data.read_coco(root, "train", max_instances=3, skip_images_without_annotations=skip_empty,
+                                 in_memory=True)
     from_records = coco_records.open_records(records.records_dir, max_instances=3,
                                              skip_images_without_annotations=skip_empty)
     expected, got = _eval_batches(memory), _eval_batches(from_records)
@@ -126,7 +137,7 @@ def test_eval_elements_equal_the_in_memory_pipeline(root, records, skip_empty):
 
 
 def test_training_elements_equal_the_in_memory_pipeline_per_image_and_epoch(root, records):
-    memory = coco_data.read_coco(root, "train")
+    memory = coco_data.read_coco(root, "train", in_memory=True)
     kw = dict(batch_size=1, training=True, seed=7, short_side=96, long_side=1000)
     expected = {}
     for element in coco_data.make_dataset(memory, **kw).take(40):  # two epochs
@@ -168,7 +179,8 @@ def test_two_input_contexts_see_disjoint_complete_halves(root, tmp_path, records
         halves.append([int(e["image_id"][0]) for e in dataset])
         assert len(halves[-1]) == tf.data.experimental.cardinality(dataset).numpy()
     assert not set(halves[0]) & set(halves[1])
-    assert sorted(halves[0] + halves[1]) == [r["image_id"] for r in coco_data.read_coco(root, "train").records]
+    every = [r["image_id"] for r in coco_data.read_coco(root, "train", in_memory=True).records]
+    assert sorted(halves[0] + halves[1]) == every
     # Training: one epoch's worth from each pipeline is again a partition.
     epoch = []
     for context, half in zip(contexts, halves):
@@ -217,8 +229,8 @@ def test_open_coco_converts_on_first_use_then_opens(root, tmp_path, capsys):
     assert os.path.isfile(data / "records" / "val2017_mask56" / "manifest.json")
     again = coco_records.open_coco(str(data), "val")
     assert "converting" not in capsys.readouterr().err
-    assert again.summary() == split.summary() == coco_data.read_coco(str(data), "val").summary()
-    assert again.coco.getImgIds() == coco_data.read_coco(str(data), "val").coco.getImgIds()
+    assert again.summary() == split.summary() == coco_data.read_coco(str(data), "val", in_memory=True).summary()
+    assert again.coco.getImgIds() == coco_data.read_coco(str(data), "val", in_memory=True).coco.getImgIds()
     path = data / "annotations" / "instances_val2017.json"
     document = json.loads(path.read_text())
     document["annotations"].pop()
