@@ -238,9 +238,9 @@ def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333,
                  drop_remainder=None, input_context=None):
     """tf.data pipeline of one split: a CocoSplit (in memory) or a data.coco_records.CocoRecords.
 
-    Per step (tensor ops only): decode, resize keeping aspect (short_side /
-    long_side limits), random horizontal flip when training (boxes and masks
-    too), ImageNet normalisation, zero padding (= the mean colour after
+    Per step (tensor ops only): decode, random horizontal flip when training
+    (boxes and masks too), ImageNet normalisation, resize keeping aspect
+    (short_side / long_side limits), zero padding (= the mean colour after
     normalisation) to a multiple of `stride`, then to the largest image in the
     batch. Instances are padded to split.max_instances with class 0.
     Training shuffles every epoch (seeded) and repeats forever; evaluation
@@ -323,7 +323,6 @@ def prepare_example(example, *, training, short_side, long_side, stride, max_ins
     image = tf.io.decode_image(example["image_bytes"], channels=3, expand_animations=False)
     original = example["original_size"]
     new_h, new_w = resized_size(tf.shape(image)[0], tf.shape(image)[1], short_side, long_side)
-    image = tf.image.resize(tf.cast(image, tf.float32), [new_h, new_w], method="bilinear")
     box_scale = tf.stack([new_h, new_w, new_h, new_w]) / tf.tile(original, [2])
     boxes = example["boxes"] * tf.cast(box_scale, tf.float32)
     crowd_boxes = example["crowd_boxes"] * tf.cast(box_scale, tf.float32)
@@ -333,11 +332,15 @@ def prepare_example(example, *, training, short_side, long_side, stride, max_ins
         key = tf.stack([tf.constant(flip_seed, tf.int64), example["epoch"] * 2 ** 31 + example["image_id"]])
         flip = tf.random.stateless_uniform([], seed=key) < 0.5
         width = tf.cast(new_w, tf.float32)
-        image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+        # The decoded uint8 image is mirrored, before resizing: a tenth of the bytes to move, and
+        # tf.reverse, not a ::-1 slice (a strided slice took 14 ms on an 800x1066 float image here).
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
         boxes = tf.cond(flip, lambda: _flip_boxes(boxes, width), lambda: boxes)
         crowd_boxes = tf.cond(flip, lambda: _flip_boxes(crowd_boxes, width), lambda: crowd_boxes)
-        masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
-    image = normalize_image(image)
+        masks = tf.cond(flip, lambda: tf.reverse(masks, [2]), lambda: masks)
+    # Normalised before resizing (bilinear weights sum to 1, so the order does not matter but for
+    # rounding): the arithmetic runs on the decoded size, not on the larger resized one.
+    image = tf.image.resize(normalize_image(image), [new_h, new_w], method="bilinear")
     padded_h = -(-new_h // stride) * stride
     padded_w = -(-new_w // stride) * stride
     image = tf.pad(image, [[0, padded_h - new_h], [0, padded_w - new_w], [0, 0]])

@@ -73,11 +73,15 @@ JSON_CASES = [
     ("no segmentation", _drop_key("segmentation"), "annotation {ann}: lacks segmentation", "bad annotations"),
     ("no bbox", _drop_key("bbox"), "annotation {ann}: lacks bbox", "bad annotations"),
     ("no category_id", _drop_key("category_id"), "annotation {ann}: lacks category_id", "bad annotations"),
-    ("unknown category", _set(category_id=999), "annotation {ann}: (image {image}) category_id 999 is not in the file's categories", "bad annotations"),
+    ("unknown category", _set(category_id=999),
+     "annotation {ann}: (image {image}) category_id 999 is not in the file's categories", "bad annotations"),
     ("no such image", _set(image_id=424242), "annotation {ann}: points to image id 424242", "bad annotations"),
-    ("negative box", _set(bbox=[4.0, 4.0, -3.0, 5.0]), "annotation {ann}: (image {image}) bbox [4.0, 4.0, -3.0, 5.0] has a negative width", "bad annotations"),
-    ("odd polygon", _set(segmentation=[[1.0, 1.0, 9.0, 1.0, 9.0]]), "annotation {ann}: (image {image}) a polygon has an odd number", "bad annotations"),
-    ("leaves the folder", _set_image(file_name="../secret.jpg"), "image {image2}: file_name '../secret.jpg' leaves the image folder", "bad images"),
+    ("negative box", _set(bbox=[4.0, 4.0, -3.0, 5.0]),
+     "annotation {ann}: (image {image}) bbox [4.0, 4.0, -3.0, 5.0] has a negative width", "bad annotations"),
+    ("odd polygon", _set(segmentation=[[1.0, 1.0, 9.0, 1.0, 9.0]]),
+     "annotation {ann}: (image {image}) a polygon has an odd number", "bad annotations"),
+    ("leaves the folder", _set_image(file_name="../secret.jpg"),
+     "image {image2}: file_name '../secret.jpg' leaves the image folder", "bad images"),
 ]
 
 
