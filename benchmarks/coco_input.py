@@ -77,7 +77,7 @@ def _annotation_side(root, quick):
         results.append(Result("coco records: reader peak RSS", size, probe["first_batch_s"],
                               throughput=f"{probe['peak_rss_mib']:.0f} MiB",
                               note=f"whole process after {batches} batches of 2 at short side {short_side}"))
-        if num_images == sizes[0]:
+        if num_images == sizes[0] and not quick:  # the reference route costs a process; --quick stays short
             memory = _probe(data_dir, in_memory=True, batches=batches, short_side=short_side)
             results.append(Result("coco in memory: first batch", size, memory["first_batch_s"],
                                   throughput=f"{memory['peak_rss_mib']:.0f} MiB",
