@@ -190,7 +190,8 @@ def main(argv=None):
     parser.add_argument("--split", nargs="+", default=["train", "val"])
     parser.add_argument("--annotations", help="any COCO-format annotation file (with --images and --out)")
     parser.add_argument("--images", help="the folder its file_name entries are relative to")
-    parser.add_argument("--out", help="records folder (default DATA_DIR/records/SPLIT2017_maskS)")
+    parser.add_argument("--out", help="with DATA_DIR: the folder for SPLIT2017_maskS/ (default DATA_DIR/records); "
+                                      "with --annotations: the records folder")
     parser.add_argument("--mask-size", type=int, default=56)
     parser.add_argument("--images-per-shard", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
@@ -207,7 +208,6 @@ def main(argv=None):
 
         jobs = [(os.path.join(args.data_dir, "annotations", f"instances_{split}2017.json"),
                  os.path.join(args.data_dir, f"{split}2017"),
-                 args.out if args.out and len(args.split) == 1 else
                  default_records_dir(args.data_dir, split, args.mask_size, parent=args.out)) for split in args.split]
     else:
         parser.error("give DATA_DIR, or --annotations FILE --images DIR --out DIR")

@@ -239,6 +239,17 @@ def test_open_coco_converts_on_first_use_then_opens(root, tmp_path, capsys):
         coco_records.open_coco(str(data), "val")
 
 
+def test_records_of_a_read_only_dataset_go_to_the_user_cache(tmp_path, monkeypatch):
+    data = str(tmp_path / "coco")
+    assert coco_records.default_records_dir(data, "val", 56) == os.path.join(data, "records", "val2017_mask56")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user on a read-only mount
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = coco_records.default_records_dir(data, "val", 56)
+    assert cached.startswith(str(tmp_path / "cache" / "keras-segmentation" / "coco"))
+    assert cached.endswith("val2017_mask56")
+    assert coco_records.default_records_dir(data + "2", "val", 56) != cached  # one folder per dataset
+
+
 @pytest.mark.slow
 def test_a_killed_conversion_resumes(root, records, tmp_path):
     """SIGKILL a real `python -m data.coco prepare` (2 worker processes) once shards appear; convert again."""
