@@ -241,6 +241,7 @@ def test_open_coco_converts_on_first_use_then_opens(root, tmp_path, capsys):
 
 def test_records_of_a_read_only_dataset_go_to_the_user_cache(tmp_path, monkeypatch):
     data = str(tmp_path / "coco")
+    os.makedirs(data)
     assert coco_records.default_records_dir(data, "val", 56) == os.path.join(data, "records", "val2017_mask56")
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user on a read-only mount
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
