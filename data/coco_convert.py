@@ -16,6 +16,7 @@ same file with the same settings.
 """
 import argparse
 import dataclasses
+import fcntl
 import glob
 import json
 import multiprocessing
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 CATEGORIES = "categories.json"
+LOCK = "lock"
 _PARTIAL = ".partial"
 
 
@@ -61,11 +63,24 @@ def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024
     """Converts one COCO-format annotation file + image folder into out_dir; returns the manifest dict.
 
     Resumes a conversion of the same file and settings that was stopped; refuses
-    (RecordsMismatch) a folder that holds another. Bad input raises CocoInputError
+    (RecordsMismatch) a folder that holds another; returns at once where the
+    records are finished (after waiting for another process converting them). Bad input raises CocoInputError
     (one line naming the file and id) or, with skip_bad, is skipped and counted.
     log: a function taking one line of progress (default: print to stderr).
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, LOCK), "a") as lock:
+        # Several processes may open the same split at once (multi-worker training on one machine, a
+        # shared disk): the first converts, the others wait here and then find the manifest.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(out_dir, MANIFEST)):
+            log(f"{out_dir} holds finished records already")
+            return _read_json(os.path.join(out_dir, MANIFEST))
+        return _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log)
+
+
+def _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log):
     started = time.perf_counter()
     index = load_instances(ann_path, image_dir, skip_bad=skip_bad)
     if not index.images:
@@ -73,7 +88,6 @@ def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024
     num_shards = -(-len(index.images) // images_per_shard)
     plan = dict(format_version=FORMAT_VERSION, source_sha1=index.sha1, image_dir=os.path.abspath(image_dir),
                 mask_size=mask_size, images_per_shard=images_per_shard, num_shards=num_shards)
-    os.makedirs(out_dir, exist_ok=True)
     _claim(out_dir, plan)
     for stale in glob.glob(os.path.join(out_dir, f"shard-*{_PARTIAL}")):
         os.remove(stale)  # a killed worker's unfinished file: ours, written again below
@@ -119,7 +133,7 @@ def _claim(out_dir, plan):
             raise RecordsMismatch(f"{out_dir} holds records of another conversion (differs in {', '.join(differ)}): "
                                   f"delete it to convert again, or choose another output folder")
         return
-    if os.listdir(out_dir):
+    if set(os.listdir(out_dir)) - {LOCK}:
         raise RecordsMismatch(f"{out_dir} is not empty and holds no COCO records: choose an empty output folder")
     _write_json(path, plan)
 

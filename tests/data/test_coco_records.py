@@ -211,6 +211,7 @@ def test_a_partial_conversion_resumes_keeping_finished_shards(root, records, tmp
 def test_a_records_folder_of_another_conversion_is_refused(root, records, tmp_path):
     out = tmp_path / "records"
     shutil.copytree(records.records_dir, out)
+    os.remove(out / "manifest.json")  # an unfinished conversion with 4 images per shard
     with pytest.raises(coco_convert.RecordsMismatch, match="images_per_shard"):
         coco_convert.convert(*coco_data.split_paths(root, "train"), str(out), images_per_shard=8,
                              log=lambda line: None)
@@ -218,6 +219,27 @@ def test_a_records_folder_of_another_conversion_is_refused(root, records, tmp_pa
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(coco_convert.RecordsMismatch, match="not empty"):
         coco_convert.convert(*coco_data.split_paths(root, "train"), str(tmp_path / "other"), log=lambda line: None)
+
+
+def test_a_second_process_waits_for_the_one_converting(root, records, tmp_path):
+    import fcntl
+    import threading
+
+    out = tmp_path / "records"
+    out.mkdir()
+    lines, result = [], {}
+    with open(out / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is converting
+        waiting = threading.Thread(target=lambda: result.update(manifest=coco_convert.convert(
+            *coco_data.split_paths(root, "train"), str(out), images_per_shard=4, log=lines.append)))
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive() and os.listdir(out) == ["lock"]
+        for name in os.listdir(records.records_dir):  # ... and finishes
+            shutil.copy(os.path.join(records.records_dir, name), out / name)
+    waiting.join(30)
+    assert lines == [f"{out} holds finished records already"]
+    assert result["manifest"] == records.manifest
 
 
 def test_open_coco_converts_on_first_use_then_opens(root, tmp_path, capsys):
