@@ -64,8 +64,9 @@ def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024
 
     Resumes a conversion of the same file and settings that was stopped; refuses
     (RecordsMismatch) a folder that holds another; returns at once where the
-    records are finished (after waiting for another process converting them). Bad input raises CocoInputError
-    (one line naming the file and id) or, with skip_bad, is skipped and counted.
+    records are finished (after waiting for another process converting them).
+    Bad input raises CocoInputError (one line naming the file and id) or, with
+    skip_bad, is skipped and counted.
     log: a function taking one line of progress (default: print to stderr).
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
