@@ -276,8 +276,8 @@ def test_records_of_a_read_only_dataset_go_to_the_user_cache(tmp_path, monkeypat
 @pytest.mark.slow
 def test_a_killed_conversion_resumes(root, records, tmp_path):
     """SIGKILL a real `python -m data.coco prepare` (2 worker processes) once shards appear; convert again."""
-    out = tmp_path / "records"
-    command = [sys.executable, "-m", "data.coco", "prepare", root, "--split", "train", "--out", str(out),
+    out = tmp_path / "records" / "train2017_mask56"
+    command = [sys.executable, "-m", "data.coco", "prepare", root, "--split", "train", "--out", str(out.parent),
                "--images-per-shard", "1", "--workers", "2"]
     process = subprocess.Popen(command, cwd=ROOT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
