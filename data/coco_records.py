@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from data.coco import Categories, empty_drop_counts, split_paths
-from data.coco_convert import MANIFEST, convert
+from data.coco_convert import MANIFEST, RecordsMismatch, convert
 
 SHUFFLE_BUFFER = 1024
 INTERLEAVE = 4
@@ -227,7 +227,7 @@ def _check_source(records, ann_path):
         return
     with open(ann_path, "rb") as f:
         if hashlib.sha1(f.read()).hexdigest() != made_from["sha1"]:
-            raise ValueError(f"{ann_path} has changed since the records in {records.records_dir} were made from it: "
+            raise RecordsMismatch(f"{ann_path} has changed since the records in {records.records_dir} were made from it: "
                              f"delete that folder to convert again")
 
 
