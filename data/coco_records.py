@@ -227,8 +227,8 @@ def _check_source(records, ann_path):
         return
     with open(ann_path, "rb") as f:
         if hashlib.sha1(f.read()).hexdigest() != made_from["sha1"]:
-            raise RecordsMismatch(f"{ann_path} has changed since the records in {records.records_dir} were made from it: "
-                             f"delete that folder to convert again")
+            raise RecordsMismatch(f"{ann_path} has changed since the records in {records.records_dir} were made "
+                                  f"from it: delete that folder to convert again")
 
 
 def read_records(records, *, training, seed=None, input_context=None):
