@@ -242,3 +242,49 @@ def _crowd_annotation(mask):
         "category_id": CATEGORIES[0][0], "iscrowd": 1, "area": float(mask_utils.area(rle)),
         "segmentation": {"counts": counts, "size": list(mask.shape)}, "bbox": [x, y, w, h],
     }
+
+
+def write_coco_annotations_at_scale(out_dir, *, num_images, size=(64, 80), instances_per_image=7.3, seed=0,
+                                    split="train", distinct_images=32):
+    """A COCO-sized annotation file for benchmarks: out_dir/annotations/instances_{split}2017.json.
+
+    num_images entries with on average instances_per_image polygon instances
+    each (Poisson; COCO train2017: 118k images, 860k instances), drawn with the
+    sample's shapes (_shape_polygons) at random places and scales, and a crowd
+    region (uncompressed RLE) on every _CROWD_EVERY-th image. The annotations do
+    not follow the pixels: the image files are `distinct_images` small scenes,
+    hard-linked under every file name, which is all a benchmark of the annotation
+    side needs. Returns the number of (non-crowd) instances written.
+    """
+    height, width = size
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(out_dir, f"{split}2017")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    scenes = []
+    for k in range(distinct_images):
+        scenes.append(os.path.join(image_dir, f"scene_{k:03d}.jpg"))
+        Image.fromarray(_background(rng, height, width)).save(scenes[-1], quality=90)
+    crowds = [_crowd_annotation(_crowd_mask(rng, height, width)) for _ in range(8)]
+    images, annotations = [], []
+    counts = rng.poisson(instances_per_image, size=num_images)
+    for i, count in enumerate(counts):
+        image_id = i + 1
+        file_name = f"{image_id:012d}.jpg"
+        os.link(scenes[i % distinct_images], os.path.join(image_dir, file_name))
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for _ in range(count):
+            category = CATEGORIES[rng.integers(len(CATEGORIES))]
+            box_w, box_h = np.exp(rng.uniform(np.log(4), np.log(0.9 * np.array([width, height]))))
+            x1, y1 = rng.uniform(0, width - box_w), rng.uniform(0, height - box_h)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[0],
+                                "segmentation": _shape_polygons(category[1], (x1, y1, x1 + box_w, y1 + box_h)),
+                                "area": float(box_w * box_h), "bbox": [round(float(v), 2) for v in
+                                                                       (x1, y1, box_w, box_h)], "iscrowd": 0})
+        if i % _CROWD_EVERY == _CROWD_EVERY - 2:
+            annotations.append(dict(crowds[i % len(crowds)], id=len(annotations) + 1, image_id=image_id))
+    document = {"images": images, "annotations": annotations,
+                "categories": [{"id": cid, "name": name, "supercategory": sup} for cid, name, sup, _, _ in CATEGORIES]}
+    with open(os.path.join(out_dir, "annotations", f"instances_{split}2017.json"), "w") as f:
+        json.dump(document, f)
+    return int(counts.sum())

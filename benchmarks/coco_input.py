@@ -1,0 +1,133 @@
+"""COCO input at scale: conversion throughput, time to the first batch, reader memory, pipeline cost vs JPEG decoding.
+
+Annotation side: COCO-sized annotation files (data.synthetic_coco.write_coco_annotations_at_scale:
+10k and 118k images, ~7.3 instances each, as train2017's 118k / 860k; tiny 64x80 images) are
+converted once (data.coco_convert, one worker per core), then a fresh process opens the split as
+train.py does (data.coco.read_coco) and times the first batch (TensorFlow's import left out) and
+reads on to its peak memory (VmHWM). At 10k the in-memory route (read_coco(in_memory=True)) is
+measured the same way for comparison.
+
+Pipeline side: the train pipeline (800x1333, flip, batch 2) over records of 480x640 JPEG scenes
+(COCO's typical size) against reading + JPEG decoding alone, timed alternately as
+data.cityscapes.benchmark_pipeline does; the figure is CPU time per image, full / decode.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.harness import Result
+
+_PROBE = r"""
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+from data import coco
+from benchmarks.harness import peak_rss_mib
+data_dir, in_memory, batches, short_side = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
+start = time.perf_counter()
+split = coco.read_coco(data_dir, "train", in_memory=in_memory)
+dataset = coco.make_dataset(split, batch_size=2, training=True, seed=0, short_side=short_side,
+                            long_side=short_side * 1333 // 800)
+iterator = iter(dataset)
+next(iterator)
+first = time.perf_counter() - start
+for _ in range(batches):
+    next(iterator)
+print(json.dumps({"first_batch_s": first, "peak_rss_mib": peak_rss_mib()}))
+"""
+
+
+def _probe(data_dir, *, in_memory, batches, short_side):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", _PROBE, data_dir, "1" if in_memory else "0", str(batches),
+                           str(short_side)], cwd=root, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _annotation_side(root, quick):
+    from data import coco
+    from data.coco_convert import convert
+    from data.synthetic_coco import write_coco_annotations_at_scale
+
+    results = []
+    sizes = (200,) if quick else (10_000, 118_000)
+    batches, short_side = (3, 64) if quick else (200, 800)
+    for num_images in sizes:
+        data_dir = os.path.join(root, f"coco_{num_images}")
+        num_instances = write_coco_annotations_at_scale(data_dir, num_images=num_images)
+        start = time.perf_counter()
+        manifest = convert(*coco.split_paths(data_dir, "train"), os.path.join(data_dir, "records", "train2017_mask56"),
+                num_workers=os.cpu_count(), log=lambda line: None)
+        seconds = time.perf_counter() - start
+        size = f"{num_images} img, {num_instances} inst"
+        workers = min(os.cpu_count(), len(manifest["shards"]))
+        results.append(Result("coco records: conversion", size, seconds,
+                              throughput=f"{num_instances / seconds:.0f} inst/s",
+                              note=f"{workers} process(es), {len(manifest['shards'])} shards; JSON check, image "
+                                   f"check, masks, writing"))
+        probe = _probe(data_dir, in_memory=False, batches=batches, short_side=short_side)
+        results.append(Result("coco records: first batch, second run", size, probe["first_batch_s"],
+                              ratio=probe["first_batch_s"], target="<= 10",
+                              note="read_coco -> make_dataset -> first batch, fresh process, TF import excluded"))
+        results.append(Result("coco records: reader peak RSS", size, probe["first_batch_s"],
+                              throughput=f"{probe['peak_rss_mib']:.0f} MiB",
+                              note=f"whole process after {batches} batches of 2 at short side {short_side}"))
+        if num_images == sizes[0] and not quick:  # the reference route costs a process; --quick stays short
+            memory = _probe(data_dir, in_memory=True, batches=batches, short_side=short_side)
+            results.append(Result("coco in memory: first batch", size, memory["first_batch_s"],
+                                  throughput=f"{memory['peak_rss_mib']:.0f} MiB",
+                                  note="read_coco(in_memory=True): JSON + every mask rasterised up front"))
+    return results
+
+
+def _pipeline_side(root, quick):
+    import tensorflow as tf
+
+    from data import coco
+    from data.coco_convert import convert
+    from data.coco_records import open_records, read_records
+    from data.synthetic_coco import write_coco_sample
+
+    size, num_images, num_elements, repeats = ((64, 80), 4, 8, 2) if quick else ((480, 640), 8, 120, 3)
+    sides = dict(short_side=64, long_side=106) if quick else dict(short_side=800, long_side=1333)
+    data_dir = os.path.join(root, "pipeline")
+    write_coco_sample(data_dir, num_train=num_images, num_val=1, size=size, seed=0)
+    records_dir = os.path.join(data_dir, "records")
+    convert(*coco.split_paths(data_dir, "train"), records_dir, num_workers=1, log=lambda line: None)
+    split = open_records(records_dir)
+    decode = read_records(split, training=False).repeat().map(
+        lambda e: tf.io.decode_image(e["image_bytes"], channels=3, expand_animations=False),
+        num_parallel_calls=tf.data.AUTOTUNE).take(num_elements).prefetch(tf.data.AUTOTUNE)
+    full = coco.make_dataset(split, batch_size=2, training=True, seed=0, **sides).take(num_elements // 2)
+
+    def seconds(dataset):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in dataset:
+            pass
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    seconds(decode), seconds(full)
+    timings = np.array([(seconds(decode), seconds(full)) for _ in range(repeats)])  # [repeats, 2, 2]
+    (decode_s, decode_cpu), (full_s, full_cpu) = np.median(timings, axis=0)
+    image = f"{num_elements} img {size[0]}x{size[1]}"
+    return [
+        Result("coco pipeline decode only", image, decode_s / num_elements,
+               throughput=f"{num_elements / decode_s:.1f} img/s",
+               note=f"records read + parse + JPEG decode; {1000 * decode_cpu / num_elements:.1f} CPU ms/img"),
+        Result("coco pipeline full train", f"{image} -> {sides['short_side']}x{sides['long_side']}",
+               full_s / num_elements,
+               throughput=f"{num_elements / full_s:.1f} img/s",
+               note=f"decode + resize/flip/normalize/pad + batch 2; {1000 * full_cpu / num_elements:.1f} CPU ms/img"),
+        Result("coco pipeline full / decode-only time", image, full_s / num_elements, ratio=full_cpu / decode_cpu,
+               target="<= 1.3", note=f"CPU time per image; wall-clock ratio {full_s / decode_s:.2f}"),
+    ]
+
+
+def run(quick=False):
+    with tempfile.TemporaryDirectory(prefix="bench_coco_") as root:
+        return _annotation_side(root, quick) + _pipeline_side(root, quick)

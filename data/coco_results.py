@@ -1,0 +1,64 @@
+"""COCO results: segm results JSON from predictions, and mask AP with pycocotools' COCOeval."""
+import contextlib
+import io
+import json
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+SEGM_METRICS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl")
+
+
+def segm_results(predictions, categories):
+    """COCO segm results from per-image predictions.
+
+    predictions: iterable of dicts with image_id int, masks at the original
+    image size (either [N, H, W] 0/1, or an object with an rle() method giving
+    the N COCO RLEs, such as models.mask_rcnn.PastedMasks), class_ids [N]
+    (contiguous 1..K), scores [N] float.
+    Returns [{image_id, category_id (COCO id), segmentation {size, counts: str},
+    score}], without a `bbox` key (it would make COCOeval size masks by box area).
+    """
+    results = []
+    for p in predictions:
+        masks = p["masks"]
+        if not len(masks):
+            continue
+        if hasattr(masks, "rle"):  # duck-typed: data does not import models
+            rles = masks.rle()
+        else:
+            rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, np.uint8).transpose(1, 2, 0)))
+        for rle, cat, score in zip(rles, categories.to_coco(p["class_ids"]), p["scores"]):
+            results.append({"image_id": int(p["image_id"]), "category_id": int(cat),
+                            "segmentation": {"size": [int(v) for v in rle["size"]],
+                                             "counts": rle["counts"].decode("ascii")},
+                            "score": float(score)})
+    return results
+
+
+def write_results(path, results):
+    """Write COCO results (a list of dicts) as JSON."""
+    with open(path, "w") as f:
+        json.dump(results, f)
+
+
+def evaluate_segm(coco_gt, results, verbose=False):
+    """COCO mask AP of `results` against `coco_gt` (a pycocotools COCO), with COCOeval.
+
+    Returns {segm_AP, segm_AP50, segm_AP75, segm_APs, segm_APm, segm_APl} as
+    floats in [0, 1]; -1.0 where the ground truth has no object of that size
+    (COCOeval's convention); all 0.0 when there are no results. Evaluates every
+    image of coco_gt. verbose=True prints COCOeval's table.
+    """
+    if not results:
+        return {name: 0.0 for name in SEGM_METRICS}
+    chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with chatter:
+        # loadRes writes area/bbox/id into the dicts it is given: hand it copies.
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(SEGM_METRICS, evaluator.stats[:6])}
