@@ -29,6 +29,7 @@ def build_parser(config_class, presets, description=None):
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--preset", choices=sorted(presets), default=None,
                         help="named recipe (default: the demo when no --data is given)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     defaults = config_class()
     for field in dataclasses.fields(config_class):
         if field.name == "preset":
@@ -94,18 +95,24 @@ def start_run(config, strategy=None):
     """Common start of a run: strategy, precision policy, seed, run folder (with config.json).
 
     Returns (strategy, state): state is the saved progress of the run folder
-    (models.training.read_state) when resuming, else None.
+    (models.checkpoints.read_state) when resuming, else None (always None on
+    a worker that is not the chief: it writes nothing).
     """
     import keras
     import tensorflow as tf
 
-    from models.training import RunDirError, prepare_run_dir
+    from models.checkpoints import RunDirError, prepare_run_dir
 
     strategy = strategy or make_strategy(config.strategy)
+    check_batch_split(config, strategy.num_replicas_in_sync)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # same seed, same run: kernels, tf.data order
     if config.mixed_precision:
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
+    if not is_chief(strategy):
+        return strategy, None  # other workers write nothing and take the chief's state (custom_loop)
     try:
         state = prepare_run_dir(config.out, config.resume)
     except RunDirError as error:
@@ -113,3 +120,51 @@ def start_run(config, strategy=None):
     with open(os.path.join(config.out, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
     return strategy, state
+
+
+# ----------------------------------------------------------------------------
+# Checks of a resolved config: one line naming the flag (SystemExit), before anything is built
+# ----------------------------------------------------------------------------
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _text(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def check_positive(config, names):
+    """Every field in `names` (a number or a tuple of numbers) is > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if any(not v > 0 for v in (value if isinstance(value, tuple) else (value,))):
+            raise SystemExit(f"{_flag(name)} {_text(value)}: must be positive")
+
+
+def check_not_negative(config, names):
+    """Every field in `names` is >= 0 (0 meaning "off" or "all")."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise SystemExit(f"{_flag(name)} {getattr(config, name)}: must be 0 or more")
+
+
+def check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise SystemExit(f"{_flag(name)} {value}: unknown; choose one of {', '.join(map(str, choices))}")
+
+
+def check_out_outside_data(config):
+    """The run folder must not lie inside the dataset (a dataset is read, never written)."""
+    data, out = os.path.realpath(config.data), os.path.realpath(config.out)
+    if out == data or out.startswith(data.rstrip(os.sep) + os.sep):
+        raise SystemExit(f"--out {config.out}: lies inside the dataset folder --data {config.data}; "
+                         "choose a run folder outside it")
+
+
+def check_batch_split(config, replicas):
+    """The global batch splits evenly over the replicas."""
+    if config.batch_size % replicas:
+        raise SystemExit(f"--batch-size {config.batch_size}: does not split over {replicas} replicas; "
+                         f"use a multiple of {replicas}")

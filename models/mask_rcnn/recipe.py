@@ -7,7 +7,7 @@ presets, the run and the built-in demo.
 import dataclasses
 import os
 
-from models.recipes import start_run
+from models.recipes import check_choice, check_not_negative, check_out_outside_data, check_positive, start_run
 
 
 @dataclasses.dataclass
@@ -47,6 +47,8 @@ class MaskHeadConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     keep_checkpoints: int = 2
+    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
     seed: int = 0
     verbose: int = 1
 
@@ -62,6 +64,19 @@ PRESETS = {
 }
 DEMO_PRESET = "maskrcnn_demo"
 CONFIG = MaskHeadConfig  # what train.py builds the flags from
+
+
+def check_config(config):
+    """One-line SystemExit naming the flag for a setting no run can use."""
+    if config.stage != "mask_head":
+        raise SystemExit(f"--stage {config.stage}: only mask_head exists so far (the RPN and box head come next)")
+    if config.strategy == "multiworker":
+        raise SystemExit("--strategy multiworker: the mask-head stage supports none and mirrored for now")
+    check_positive(config, ("batch_size", "short_side", "long_side", "num_rois", "steps", "steps_per_epoch",
+                            "base_width", "fpn_channels", "head_channels", "fc_units"))
+    check_not_negative(config, ("save_every", "warmup_steps", "keep_checkpoints"))
+    check_choice(config, "depth", (18, 34, 50, 101, 152))
+    check_out_outside_data(config)
 
 
 def read_coco_split(config, split):
@@ -81,29 +96,28 @@ def train_mask_head(config, strategy=None):
     logits) + softmax class loss, both exact global means under tf.distribute (MaskHeadTrainer).
     Best checkpoint by val_loss on the ground-truth boxes; evaluate.py scores mask AP.
     """
-    import keras
-
     import losses  # noqa: F401  (registers what a resumed checkpoint names)
     from data import coco
+    from models.checkpoints import load_run_model
     from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model
-    from models.training import LAST_CHECKPOINT, SegmentationSGD, WarmupStepDecay, standard_callbacks
+    from models.training import SegmentationSGD, WarmupStepDecay, fit_from_step, standard_callbacks
 
-    if config.stage != "mask_head":
-        raise SystemExit(f"--stage {config.stage}: only mask_head exists so far (the RPN and box head come next)")
-    if config.strategy == "multiworker":
-        raise SystemExit("--strategy multiworker: the mask-head stage supports none and mirrored for now")
+    check_config(config)
     strategy, state = start_run(config, strategy)
     train_split, val_split = read_coco_split(config, "train"), read_coco_split(config, "val")
     print(f"COCO train: {train_split.summary()}; val: {val_split.summary()}")
     sizes = dict(short_side=config.short_side, long_side=config.long_side)
-    train_data = coco.make_dataset(train_split, batch_size=config.batch_size, training=True, seed=config.seed,
-                                   **sizes)
+
+    def train_data(skip):  # the same batches in the same order as a run that was never stopped
+        return coco.make_dataset(train_split, batch_size=config.batch_size, training=True, seed=config.seed,
+                                 **sizes).skip(skip)
+
     val_data = coco.make_dataset(val_split, batch_size=config.batch_size, training=False, **sizes)
     epochs = -(-config.steps // config.steps_per_epoch)
-    initial_epoch = state["epochs_done"] if state else 0
+    start_step = state["steps_done"] if state else 0
     with strategy.scope():
         if state:
-            trainer = keras.saving.load_model(os.path.join(config.out, LAST_CHECKPOINT))
+            trainer = load_run_model(config.out, state)
         else:
             network = build_mask_head_model(
                 train_split.categories.num_classes, depth=config.depth, base_width=config.base_width,
@@ -115,14 +129,11 @@ def train_mask_head(config, strategy=None):
             trainer.compile(optimizer=SegmentationSGD(schedule, momentum=config.momentum, l2=config.weight_decay),
                             jit_compile=config.jit_compile)
     print(f"training {config.preset}: {epochs} epochs x {config.steps_per_epoch} steps (batch {config.batch_size}); "
-          f"starting at epoch {initial_epoch + 1}; run folder {config.out}")
-    callbacks, guard = standard_callbacks(config.out, monitor="val_loss", mode="min", keep=config.keep_checkpoints,
-                                          initial_state=state)
-    if initial_epoch < epochs:
-        trainer.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=config.steps_per_epoch,
-                    validation_data=val_data, callbacks=callbacks, verbose=config.verbose, shuffle=False)
-    if guard.failed_at is not None:
-        raise SystemExit(guard.message(config.out))
+          f"starting at epoch {start_step // config.steps_per_epoch + 1} (step {start_step}); run folder {config.out}")
+    callbacks, _ = standard_callbacks(config.out, monitor="val_loss", mode="min", keep=config.keep_checkpoints,
+                                      initial_state=state, save_every=config.save_every)
+    fit_from_step(trainer, train_data, start_step=start_step, steps_per_epoch=config.steps_per_epoch, epochs=epochs,
+                  callbacks=callbacks, validation_data=val_data, verbose=config.verbose, shuffle=False)
     return config.out
 
 

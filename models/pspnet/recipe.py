@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 import losses
-from models.recipes import start_run
+from models.recipes import check_choice, check_not_negative, check_out_outside_data, check_positive, start_run
 
 
 @dataclasses.dataclass
@@ -55,6 +55,8 @@ class PSPNetConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     keep_checkpoints: int = 2
+    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
     seed: int = 0
     verbose: int = 1
 
@@ -72,6 +74,18 @@ PRESETS = {
 DEMO_PRESET = "pspnet_demo"
 CONFIG = PSPNetConfig  # what train.py builds the flags from
 MONITOR = "val_main_miou"  # the metric that picks best.keras
+
+
+def check_config(config):
+    """One-line SystemExit naming the flag for a setting no run can use."""
+    from models.pspnet.model import BACKBONES
+
+    check_positive(config, ("batch_size", "crop", "scale_range", "epochs", "base_width", "num_classes"))
+    check_not_negative(config, ("steps", "steps_per_epoch", "save_every", "val_images", "keep_checkpoints"))
+    check_choice(config, "backbone", sorted(BACKBONES))
+    check_choice(config, "stem", ("deep", "standard"))
+    check_choice(config, "output_stride", (8, 16, 32))
+    check_out_outside_data(config)
 
 
 # ----------------------------------------------------------------------------
@@ -139,7 +153,7 @@ class SegmentationValidation(keras.callbacks.Callback):
         self._predict = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
+        if logs is None or self.model.stop_training:  # a stopped epoch is neither complete nor saved
             return
         if self._predict is None:  # one compiled function for the whole run (any image size)
             self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
@@ -196,12 +210,16 @@ def train_pspnet(config, strategy=None):
     """Runs (or resumes) one training run; returns the run folder.
 
     strategy: a tf.distribute strategy; None builds the one --strategy names.
-    Raises SystemExit with a one-line message on a non-finite loss (the last
-    good checkpoint stays as it was).
+    A resumed run continues from the saved step with the data order of an
+    uninterrupted run. Raises SystemExit with a one-line message on a
+    non-finite loss or a failed save (the last good checkpoint stays as it
+    was), and after a stop signal (once saved).
     """
+    from models.checkpoints import load_run_model
     from models.pspnet.custom_loop import train_custom_loop
-    from models.training import LAST_CHECKPOINT, standard_callbacks
+    from models.training import fit_from_step, standard_callbacks
 
+    check_config(config)
     strategy, state = start_run(config, strategy)
 
     num_train = count_train_images(config)
@@ -213,28 +231,27 @@ def train_pspnet(config, strategy=None):
                                data_dir=config.tfds_data_dir or os.path.join(config.data, "tfds"))
         num_train = builder.info.splits["train"].num_examples
     epochs, steps_per_epoch, total_steps = steps_plan(config, num_train)
-    initial_epoch = state["epochs_done"] if state else 0
     sync_bn = strategy.num_replicas_in_sync > 1
 
     if config.strategy == "multiworker":
         return train_custom_loop(config, strategy, state, epochs, steps_per_epoch, total_steps)
 
+    start_step = state["steps_done"] if state else 0
     with strategy.scope():
         if state:
-            model = keras.saving.load_model(os.path.join(config.out, LAST_CHECKPOINT))
+            model = load_run_model(config.out, state)
             model.jit_compile = config.jit_compile
         else:
             model = build_compiled_pspnet(config, total_steps, sync_bn)
     print(f"training {config.preset}: {epochs} epochs x {steps_per_epoch} steps (batch {config.batch_size}, "
-          f"{strategy.num_replicas_in_sync} replica(s)); starting at epoch {initial_epoch + 1}; run folder {config.out}")
-    callbacks, guard = standard_callbacks(config.out, monitor=MONITOR, keep=config.keep_checkpoints,
-                                          initial_state=state)
+          f"{strategy.num_replicas_in_sync} replica(s)); starting at epoch {start_step // steps_per_epoch + 1} "
+          f"(step {start_step}); run folder {config.out}")
+    callbacks, _ = standard_callbacks(config.out, monitor=MONITOR, keep=config.keep_checkpoints,
+                                      initial_state=state, save_every=config.save_every)
     validation = SegmentationValidation(val_dataset(config), config.num_classes, config.aux_weight)
-    if initial_epoch < epochs:
-        model.fit(train_dataset(config, config.batch_size), epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=[validation] + callbacks, verbose=config.verbose)
-    if guard.failed_at is not None:
-        raise SystemExit(guard.message(config.out))
+    fit_from_step(model, lambda skip: train_dataset(config, config.batch_size).skip(skip), start_step=start_step,
+                  steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[validation] + callbacks,
+                  verbose=config.verbose)
     return config.out
 
 
