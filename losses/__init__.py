@@ -9,7 +9,23 @@ from losses.basic import (
     categorical_cross_entropy,
     l2_loss,
     sigmoid,
+    smooth_l1,
     softmax,
+)
+from losses.detection import (
+    BOX_LOSS_BETA,
+    BoxClassLoss,
+    BoxRegressionLoss,
+    RPNBoxLoss,
+    RPNObjectnessLoss,
+    box_class_loss,
+    box_class_sum_and_count,
+    box_regression_loss,
+    box_regression_sum_and_count,
+    rpn_box_loss,
+    rpn_box_sum_and_count,
+    rpn_objectness_loss,
+    rpn_objectness_sum_and_count,
 )
 from losses.mask_rcnn import MaskRCNNMaskLoss, mask_rcnn_mask_loss, mask_rcnn_mask_sum_and_count
 from losses.pspnet import (
@@ -22,6 +38,19 @@ from losses.pspnet import (
 
 __all__ = [
     "AUX_WEIGHT",
+    "BOX_LOSS_BETA",
+    "BoxClassLoss",
+    "BoxRegressionLoss",
+    "RPNBoxLoss",
+    "RPNObjectnessLoss",
+    "box_class_loss",
+    "box_class_sum_and_count",
+    "box_regression_loss",
+    "box_regression_sum_and_count",
+    "rpn_box_loss",
+    "rpn_box_sum_and_count",
+    "rpn_objectness_loss",
+    "rpn_objectness_sum_and_count",
     "MaskRCNNMaskLoss",
     "PixelwiseSoftmaxCrossEntropy",
     "binary_cross_entropy",
@@ -33,5 +62,6 @@ __all__ = [
     "pixelwise_softmax_sum_and_count",
     "pspnet_loss",
     "sigmoid",
+    "smooth_l1",
     "softmax",
 ]

@@ -1,4 +1,4 @@
-"""Basic loss definitions: L2, binary and categorical cross-entropy, sigmoid, softmax.
+"""Basic loss definitions: L2, smooth L1, binary and categorical cross-entropy, sigmoid, softmax.
 
 Pure functions on tensors (TF ops), element- or sample-wise: they do not reduce
 over the batch, so callers choose the reduction (and, under tf.distribute, the
@@ -43,6 +43,16 @@ def l2_loss(y_true, y_pred, axis=-1):
     """
     diff = _as_float32(y_pred) - _as_float32(y_true)
     return 0.5 * tf.reduce_sum(tf.square(diff), axis=axis)
+
+
+def smooth_l1(y_true, y_pred, beta):
+    """Element-wise smooth L1 (Huber / beta): 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, d = y_pred - y_true.
+
+    As torch.nn.functional.smooth_l1_loss(reduction="none"); beta > 0.
+    y_true, y_pred: [...] float. Returns [...] float32.
+    """
+    diff = tf.abs(_as_float32(y_pred) - _as_float32(y_true))
+    return tf.where(diff < beta, 0.5 * tf.square(diff) / beta, diff - 0.5 * beta)
 
 
 def binary_cross_entropy(y_true, y_pred, from_logits=False):

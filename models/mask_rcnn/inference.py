@@ -164,11 +164,44 @@ def _window_taps(start, end, size, length):
     return box[used], pixels[used], k0[used], w0[used], w1[used]
 
 
-def paste_masks(masks, boxes, image_size, threshold=0.5):
+def _torchvision_paste_boxes(boxes, mask_h, mask_w):
+    """The boxes on which paste_masks' grid reproduces torchvision's paste_masks_in_image.
+
+    torchvision grows each box by (w + 2) / w about its centre (float32; w =
+    the mask's width, for both axes), truncates it to integers (Y1, X1, Y2, X2),
+    resizes the 1-pixel-bordered mask bilinearly (align_corners=False) to the
+    h' = Y2 - Y1 + 1 by w' = X2 - X1 + 1 pixels starting at (Y1, X1). Pixel r
+    of that window reads bordered row (r - Y1 + 0.5) * (h + 2) / h' - 0.5;
+    paste_masks reads (r + 0.5 - y1) * h / (y2 - y1) + 0.5, the same affine map
+    when y1 = Y1 + h' / (h + 2) and y2 = Y1 + h' * (h + 1) / (h + 2) (and the
+    same along x). Outside the window both read only the zero border.
+    boxes: [N, 4] float64 (y1, x1, y2, x2). Returns [N, 4] float64.
+    """
+    boxes = boxes.astype(np.float32)
+    scale = np.float32((mask_w + 2) / mask_w)
+    half = (boxes[:, 2:] - boxes[:, :2]) * np.float32(0.5) * scale
+    centre = (boxes[:, 2:] + boxes[:, :2]) * np.float32(0.5)
+    first = np.trunc(centre - half).astype(np.float64)  # torch's float -> int64 conversion truncates
+    size = np.trunc(centre + half) - first + 1  # [N, 2] (h', w')
+    bordered = np.array([mask_h + 2, mask_w + 2], np.float64)
+    out = np.concatenate([first + size / bordered, first + size * (bordered - 1) / bordered], axis=1)
+    # An inverted box (Y2 < Y1 or X2 < X1) covers no pixel in torchvision: an empty box here.
+    inverted = np.any(size < 1, axis=1)
+    out[inverted] = np.concatenate([first, first], axis=1)[inverted]
+    return out
+
+
+def paste_masks(masks, boxes, image_size, threshold=0.5, *, torchvision_compatible=False):
     """Paste RoI masks into the image as runs of pixels, computed from each window column's profile.
 
     masks: [N, h, w] float probabilities (finite); boxes: [N, 4] float (y1, x1, y2, x2)
     in pixels of the target image; image_size: (H, W); NumPy arrays or tensors.
+    torchvision_compatible: paste as torchvision's paste_masks_in_image does
+    (each box grown by one mask cell each side and rounded to whole pixels,
+    then the same bilinear resampling; thresholding its output at `threshold`
+    gives the same pixels up to float rounding; it also pastes a 1-pixel
+    window for an empty box): for models converted from torchvision. Default
+    False: the mask's cells are spread exactly over the box, as described next.
     Each mask gets a 1-pixel zero border (so it fades to 0 across its box
     edge), is resampled bilinearly at the image's pixel centres (separable, see
     _window_taps), and thresholded: a pixel is on iff its value >= threshold.
@@ -189,6 +222,8 @@ def paste_masks(masks, boxes, image_size, threshold=0.5):
     masks = np.asarray(masks, np.float32)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     count, mask_h, mask_w = masks.shape
+    if torchvision_compatible:
+        boxes = _torchvision_paste_boxes(boxes, mask_h, mask_w)
     height, width = image_size
     y1, pixel = boxes[:, 0], (boxes[:, 2] - boxes[:, 0]) / mask_h
     # Every window column of every box that has rows at all.

@@ -1,38 +1,138 @@
-"""Training targets of the RoI heads, in-graph: RoI sampling and mask targets.
+"""Training targets, in-graph and batched: RPN anchor labels, box-head RoI sampling, mask targets.
 
 Boxes are [y1, x1, y2, x2] float32 in image pixels (see models.roi_align);
 ground truth is padded to M instances per image with class 0.
 
-RoI sampling here stands in for the RPN, which comes later: the candidates are
-the ground-truth boxes, jittered copies of them and random boxes. A candidate
-whose best IoU with a ground-truth box is >= positive_iou is a positive (that
-box's class and mask), otherwise background.
+- rpn_targets: anchors matched to the ground truth (IoU >= 0.7 positive,
+  < 0.3 negative, each ground truth's best anchors positive), 256 sampled per
+  image, up to half positive; regression targets with weights (1, 1, 1, 1).
+- box_head_targets: proposals plus the ground-truth boxes, matched at IoU 0.5,
+  512 sampled per image, up to 25% positive; class-specific regression
+  targets with weights (10, 10, 5, 5). torchvision's RPN and RoI heads'
+  training targets, over a batch (matching and sampling: models.mask_rcnn.matching).
+- sample_rois: RoIs from jittered ground truth and random boxes, for training
+  the mask head without an RPN (MaskHeadTrainer).
+- mask_targets: the matched instance's mask cut out of each RoI.
+Crowd regions (data.coco's crowd_boxes) follow matching.inside_crowd's rule.
 """
 import keras
 import tensorflow as tf
 
+from models.mask_rcnn.box_coder import BOX_HEAD_WEIGHTS, RPN_WEIGHTS, encode_boxes
+from models.mask_rcnn.matching import (
+    BELOW_LOW_THRESHOLD,
+    box_iou,
+    inside_crowd,
+    match_boxes,
+    sample_balanced,
+)
 from models.roi_align import crop_and_sample
 
 
-def box_iou(boxes_a, boxes_b):
-    """Pairwise IoU. boxes_a [B, N, 4], boxes_b [B, M, 4] float -> [B, N, M] float32 (0 for empty boxes)."""
-    a = tf.cast(boxes_a, tf.float32)[:, :, None, :]
-    b = tf.cast(boxes_b, tf.float32)[:, None, :, :]
-    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
-    inter = inter_h * inter_w
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return tf.math.divide_no_nan(inter, area_a + area_b - inter)
+def _regression_targets(reference_boxes, gt_boxes, matches, weights):
+    """Deltas from each reference box [B, N, 4] to its matched ground truth (matches [B, N] >= 0; zeros elsewhere).
+
+    Unmatched references (and padding rows) encode a unit box to itself: their
+    targets are 0, never log(0) or x / 0.
+    """
+    matched = matches >= 0
+    boxes = tf.gather(tf.cast(gt_boxes, tf.float32), tf.maximum(matches, 0), batch_dims=1)
+    unit = tf.constant([0.0, 0.0, 1.0, 1.0])
+    use = matched[..., None]
+    return encode_boxes(tf.where(use, boxes, unit), tf.where(use, tf.cast(reference_boxes, tf.float32), unit),
+                        weights)
 
 
-def _intersection_over_first(boxes_a, boxes_b):
-    """[B, N, M] fraction of each box of boxes_a covered by each box of boxes_b."""
-    a = boxes_a[:, :, None, :]
-    b = boxes_b[:, None, :, :]
-    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
-    return tf.math.divide_no_nan(inter_h * inter_w, (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]))
+def rpn_targets(anchors, gt_boxes, gt_class_ids, crowd_boxes=None, *, num_samples=256, positive_fraction=0.5,
+                high_threshold=0.7, low_threshold=0.3, seed=None):
+    """Objectness labels and regression targets of every anchor (torchvision's assign_targets_to_anchors + sampler).
+
+    anchors: [A, 4] float, all levels concatenated (the same for every image).
+    gt_boxes: [B, M, 4] float; gt_class_ids: [B, M] int (0 = padding);
+    crowd_boxes: optional [B, Mc, 4] float (zeros = padding).
+    Matching: IoU >= high_threshold positive, < low_threshold negative,
+    between ignored, and each ground truth's best anchors (ties included)
+    positive too; an anchor mostly inside a crowd region is never a negative
+    (matching.inside_crowd). Sampling: num_samples per image, up to
+    int(num_samples * positive_fraction) positives, the rest negatives as
+    available (an image without objects gets num_samples negatives).
+    seed: a keras.random.SeedGenerator (pass one inside a tf.function) or an int / None.
+    Returns a dict:
+      labels [B, A] float32: 1 sampled positive, 0 sampled negative, -1 not sampled;
+      deltas [B, A, 4] float32: (dy, dx, dh, dw) to the matched ground truth
+        (weights (1, 1, 1, 1)); 0 for anchors matched to nothing;
+      matches [B, A] int32: the matched ground-truth row, -1 below low_threshold, -2 between (before sampling).
+    """
+    if not isinstance(seed, keras.random.SeedGenerator):
+        seed = keras.random.SeedGenerator(seed)
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    gt_valid = tf.cast(gt_class_ids, tf.int32) > 0
+    batch = tf.shape(gt_boxes)[0]
+    anchors = tf.cast(anchors, tf.float32)
+    num_anchors = anchors.shape[0] if anchors.shape[0] is not None else tf.shape(anchors)[0]
+    anchors = tf.broadcast_to(anchors[None], [batch, num_anchors, 4])
+
+    matches = match_boxes(anchors, gt_boxes, gt_valid, high_threshold=high_threshold,
+                          low_threshold=low_threshold, allow_low_quality_matches=True)
+    negative = tf.equal(matches, BELOW_LOW_THRESHOLD)
+    if crowd_boxes is not None:
+        negative &= ~inside_crowd(anchors, tf.cast(crowd_boxes, tf.float32))
+    indices, is_positive, valid = sample_balanced(matches >= 0, negative, num_samples=num_samples,
+                                                  positive_fraction=positive_fraction, seed=seed)
+    # Per anchor: 2 sampled positive, 1 sampled negative, 0 not sampled (padding slots add 0), minus 1.
+    code = tf.where(valid, tf.where(is_positive, 2, 1), 0)
+    image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(indices))
+    code = tf.scatter_nd(tf.stack([image, indices], axis=-1), code, [batch, num_anchors])
+    return {"labels": tf.cast(code, tf.float32) - 1.0,
+            "deltas": _regression_targets(anchors, gt_boxes, matches, RPN_WEIGHTS),
+            "matches": matches}
+
+
+def box_head_targets(proposals, gt_boxes, gt_class_ids, crowd_boxes=None, *, proposal_valid=None, num_samples=512,
+                     positive_fraction=0.25, iou_threshold=0.5, seed=None, weights=BOX_HEAD_WEIGHTS):
+    """The box head's training RoIs and their targets (torchvision's select_training_samples), batched.
+
+    proposals: [B, P, 4] float (the RPN's; no gradient flows back through them);
+    proposal_valid: optional [B, P] bool (default: boxes of positive height and width).
+    gt_boxes: [B, M, 4]; gt_class_ids: [B, M] int (0 = padding); crowd_boxes: optional [B, Mc, 4].
+    The candidates are the proposals followed by the ground-truth boxes
+    (add_gt_proposals; crowd boxes are not added). IoU >= iou_threshold with
+    the best ground truth: a positive of its class; below: background, unless
+    mostly inside a crowd region (then never sampled). num_samples per image,
+    up to int(num_samples * positive_fraction) positives.
+    seed: a keras.random.SeedGenerator (pass one inside a tf.function) or an int / None.
+    Returns a dict, S = num_samples; positives first, then background, then
+    padding, so every positive lies in the first int(num_samples * positive_fraction)
+    slots (the mask branch may run on those only):
+      rois [B, S, 4] float32 (zeros for padding);
+      class_ids [B, S] int32 (the matched class for positives, 0 for background and padding);
+      deltas [B, S, 4] float32 (dy, dx, dh, dw) to the matched ground truth, weights (10, 10, 5, 5); 0 if not positive;
+      gt_index [B, S] int32 (matched ground-truth row for positives, else 0: mask_targets' input);
+      valid [B, S] bool (False for padding only).
+    """
+    if not isinstance(seed, keras.random.SeedGenerator):
+        seed = keras.random.SeedGenerator(seed)
+    proposals = tf.stop_gradient(tf.cast(proposals, tf.float32))
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    gt_class_ids = tf.cast(gt_class_ids, tf.int32)
+    gt_valid = gt_class_ids > 0
+    if proposal_valid is None:
+        proposal_valid = (proposals[..., 2] > proposals[..., 0]) & (proposals[..., 3] > proposals[..., 1])
+    candidates = tf.concat([proposals, gt_boxes], axis=1)
+    candidate_valid = tf.concat([tf.cast(proposal_valid, tf.bool), gt_valid], axis=1)
+
+    matches = match_boxes(candidates, gt_boxes, gt_valid, candidate_valid,
+                          high_threshold=iou_threshold, low_threshold=iou_threshold)
+    negative = tf.equal(matches, BELOW_LOW_THRESHOLD) & candidate_valid
+    if crowd_boxes is not None:
+        negative &= ~inside_crowd(candidates, tf.cast(crowd_boxes, tf.float32))
+    indices, is_positive, valid = sample_balanced(matches >= 0, negative, num_samples=num_samples,
+                                                  positive_fraction=positive_fraction, seed=seed)
+    rois = tf.gather(candidates, indices, batch_dims=1) * tf.cast(valid, tf.float32)[..., None]
+    gt_index = tf.where(is_positive, tf.gather(matches, indices, batch_dims=1), 0)
+    class_ids = tf.where(is_positive, tf.gather(gt_class_ids, gt_index, batch_dims=1), 0)
+    deltas = _regression_targets(rois, gt_boxes, tf.where(is_positive, gt_index, -1), weights)
+    return {"rois": rois, "class_ids": class_ids, "deltas": deltas, "gt_index": gt_index, "valid": valid}
 
 
 def sample_rois(gt_boxes, gt_class_ids, image_size, *, num_rois, positive_fraction=0.5, jitter_copies=4,
@@ -99,8 +199,7 @@ def sample_rois(gt_boxes, gt_class_ids, image_size, *, num_rois, positive_fracti
     positive = usable & (best_iou >= positive_iou)
     negative = usable & (best_iou < positive_iou)
     if crowd_boxes is not None:
-        in_crowd = tf.reduce_max(_intersection_over_first(candidates, tf.cast(crowd_boxes, tf.float32)), axis=2)
-        negative &= in_crowd < 0.5
+        negative &= ~inside_crowd(candidates, tf.cast(crowd_boxes, tf.float32))
 
     # Priorities: chosen positives > background > surplus positives > unusable.
     key = keras.random.uniform(tf.shape(best_iou), seed=seed)

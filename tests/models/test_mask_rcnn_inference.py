@@ -3,7 +3,8 @@
 References: hand-computed softmax/sigmoid values, NumPy float64 pastes written
 as Detectron2's GPU paste does it (bilinear sampling of the unpadded mask, zero
 outside it, at pixel centres: a per-pixel loop and a whole-image matrix form),
-boxes whose pasted pixels are known, and pycocotools' encode of the dense masks.
+boxes whose pasted pixels are known, pycocotools' encode of the dense masks, and
+torchvision's own paste_masks_in_image for the torchvision_compatible option.
 """
 import numpy as np
 import pytest
@@ -198,3 +199,28 @@ def test_rle_from_runs_equals_pycocotools_encode_of_the_dense_masks(image_size):
     for kind in ("noise", "flat"):
         pasted = paste_masks(_masks(kind, rng, len(boxes), (8, 8)), boxes, image_size)
         assert pasted.rle() == _encode(pasted.dense())
+
+
+@pytest.mark.parametrize("kind", ["noise", "blob"])
+@pytest.mark.parametrize("mask_size, threshold", [(28, 0.5), (14, 0.3)])
+def test_torchvision_compatible_paste_equals_torchvision(kind, mask_size, threshold):
+    # torchvision's own paste_masks_in_image (boxes x first), thresholded as its users do (> threshold), on
+    # boxes inside the image as its detections are (clipped): fractional, tiny, flat, on the borders.
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    import torch
+
+    rng = np.random.default_rng(5)
+    height, width = 61, 83
+    boxes = np.clip(_random_boxes(rng, 60, height, width), 0, [height, width, height, width])
+    boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
+    masks = _masks(kind, rng, len(boxes), (mask_size, mask_size))
+    expected = paste_masks_in_image(torch.from_numpy(masks)[:, None],
+                                    torch.from_numpy(np.ascontiguousarray(boxes[:, [1, 0, 3, 2]])),
+                                    (height, width))[:, 0].numpy() > threshold
+    pasted = paste_masks(masks, boxes, (height, width), threshold, torchvision_compatible=True)
+    dense = pasted.dense()
+    # The same pixels, up to values within float rounding of the threshold.
+    assert (dense != expected).sum() <= 2, np.flatnonzero((dense != expected).any(axis=(1, 2)))
+    assert pasted.rle() == _encode(dense)
+    # The default grid is not torchvision's: the option is what makes them agree.
+    assert (paste_masks(masks, boxes, (height, width), threshold).dense() != expected).sum() > 50
