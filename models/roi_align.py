@@ -3,7 +3,10 @@
 Coordinates: boxes are [y1, x1, y2, x2] in continuous image pixels (pixel (i, j)
 covers [i, i+1) x [j, j+1)). On a feature map of stride s, a box covers
 [y1/s, y2/s); feature (i, j) sits at (i + 0.5, j + 0.5), so a continuous
-position p reads index p - 0.5: Detectron2's `aligned=True` RoIAlign.
+position p reads index p - 0.5: Detectron2's `aligned=True` RoIAlign (the
+default). `aligned=False` is the original RoIAlign that torchvision's Mask R-CNN
+uses: no half-pixel shift (position p reads index p) and boxes narrower than one
+feature pixel are widened to one.
 
 Sampling: each of the output_size x output_size bins averages
 sampling_ratio x sampling_ratio bilinear samples at the centres of a regular
@@ -14,6 +17,9 @@ Levels: a box of size w x h (image pixels) reads FPN level
     k = clip(floor(canonical_level + log2(sqrt(w h) / canonical_size)), min_level, max_level)
 with canonical_size 224 (the ImageNet pre-training size) at canonical_level 4,
 i.e. a 224 x 224 box reads P4, 112 x 112 P3, 448 x 448 P5 (FPN paper, eq. 1).
+Boxes exactly on a level boundary need an epsilon to land consistently: by
+default it is added to the size (sqrt(w h) + 1e-6); `level_epsilon=1e-6` instead
+adds it to the level before the floor, as torchvision's LevelMapper does.
 
 tf.image.crop_and_resize has no XLA kernel; here each sample's four
 neighbours are gathered from one flat table of all levels, which compiles.
@@ -25,28 +31,40 @@ CANONICAL_SIZE = 224.0
 CANONICAL_LEVEL = 4
 
 
-def roi_levels(boxes, *, min_level=2, max_level=5, canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
-    """FPN level of each box. boxes: [..., 4] float (y1, x1, y2, x2, image pixels) -> [...] int32."""
+def roi_levels(boxes, *, min_level=2, max_level=5, canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL,
+               level_epsilon=None):
+    """FPN level of each box. boxes: [..., 4] float (y1, x1, y2, x2, image pixels) -> [...] int32.
+
+    level_epsilon: None (Detectron's rounding) or torchvision's 1e-6 (see the module docstring).
+    """
     boxes = tf.cast(boxes, tf.float32)
     height = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
     width = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
-    # The epsilon keeps log2 finite for empty (padding) boxes: they go to min_level.
-    size = tf.sqrt(height * width) + 1e-6
-    level = tf.floor(canonical_level + tf.math.log(size / canonical_size) / tf.math.log(2.0))
+    if level_epsilon is None:
+        # The epsilon keeps log2 finite for empty (padding) boxes: they go to min_level.
+        size, level_epsilon = tf.sqrt(height * width) + 1e-6, 0.0
+    else:
+        # An empty box gives log2(0) = -inf: clipped to min_level below, as in torchvision.
+        size = tf.sqrt(height * width)
+    level = tf.floor(canonical_level + tf.math.log(size / canonical_size) / tf.math.log(2.0) + level_epsilon)
     return tf.cast(tf.clip_by_value(level, min_level, max_level), tf.int32)
 
 
-def _axis_samples(start, end, length, output_size, sampling_ratio):
+def _axis_samples(start, end, length, output_size, sampling_ratio, aligned=True):
     """Neighbour indices and bilinear weights of the samples along one axis.
 
     start, end: [R] float, the box edges in this map's continuous pixels.
     length: [R] int32, the map's size along the axis.
+    aligned: see the module docstring (False: no half-pixel shift, extent >= 1).
     Returns index [R, P, 2] int32 and weight [R, P, 2] float32 with
     P = output_size * sampling_ratio (bin-major: P index = bin * ratio + sample).
     """
     count = output_size * sampling_ratio
-    step = (end - start) / count
-    position = start[:, None] + (tf.range(count, dtype=tf.float32)[None, :] + 0.5) * step[:, None] - 0.5
+    if aligned:
+        step, shift = (end - start) / count, 0.5
+    else:
+        step, shift = tf.maximum(end - start, 1.0) / count, 0.0
+    position = start[:, None] + (tf.range(count, dtype=tf.float32)[None, :] + 0.5) * step[:, None] - shift
     last = tf.cast(length - 1, tf.float32)[:, None]
     inside = tf.cast((position >= -1.0) & (position <= last + 1.0), tf.float32)
     position = tf.clip_by_value(position, 0.0, last)
@@ -58,7 +76,7 @@ def _axis_samples(start, end, length, output_size, sampling_ratio):
     return index, weight
 
 
-def crop_and_sample(table, base, height, width, boxes, output_size, sampling_ratio):
+def crop_and_sample(table, base, height, width, boxes, output_size, sampling_ratio, aligned=True):
     """RoIAlign of R boxes, each on its own map stored in a flat table.
 
     table: [T, C] float32, maps flattened row-major and concatenated.
@@ -67,8 +85,8 @@ def crop_and_sample(table, base, height, width, boxes, output_size, sampling_rat
     boxes: [R, 4] float32 (y1, x1, y2, x2) in that map's continuous pixels.
     Returns [R, output_size, output_size, C] float32.
     """
-    rows, row_weight = _axis_samples(boxes[:, 0], boxes[:, 2], height, output_size, sampling_ratio)
-    cols, col_weight = _axis_samples(boxes[:, 1], boxes[:, 3], width, output_size, sampling_ratio)
+    rows, row_weight = _axis_samples(boxes[:, 0], boxes[:, 2], height, output_size, sampling_ratio, aligned)
+    cols, col_weight = _axis_samples(boxes[:, 1], boxes[:, 3], width, output_size, sampling_ratio, aligned)
     # [R, P, 2, P, 2]: every (row neighbour, column neighbour) pair of every sample.
     flat = (base[:, None, None, None, None] + rows[:, :, :, None, None] * width[:, None, None, None, None]
             + cols[:, None, None, :, :])
@@ -84,8 +102,9 @@ def crop_and_sample(table, base, height, width, boxes, output_size, sampling_rat
 
 
 def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_level=2, max_level=5,
-                         canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL):
-    """RoIAlign over FPN levels.
+                         canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, aligned=True,
+                         level_epsilon=None):
+    """RoIAlign over FPN levels (aligned, level_epsilon: see the module docstring).
 
     features: list of [B, H_k, W_k, C] maps for levels min_level..max_level in
         order (stride 2**k each).
@@ -109,14 +128,14 @@ def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_
     offsets = tf.cumsum(sizes, exclusive=True)
 
     level = roi_levels(boxes, min_level=min_level, max_level=max_level, canonical_size=canonical_size,
-                       canonical_level=canonical_level) - min_level
+                       canonical_level=canonical_level, level_epsilon=level_epsilon) - min_level
     image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(level))
     base = image * per_image + tf.gather(offsets, level)
     scale = tf.pow(2.0, -tf.cast(level + min_level, tf.float32))
     crops = crop_and_sample(
         table, tf.reshape(base, [-1]), tf.reshape(tf.gather(heights, level), [-1]),
         tf.reshape(tf.gather(widths, level), [-1]), tf.reshape(boxes * scale[..., None], [-1, 4]),
-        output_size, sampling_ratio)
+        output_size, sampling_ratio, aligned)
     return tf.reshape(crops, [batch, num_rois, output_size, output_size, channels])
 
 
@@ -126,10 +145,12 @@ class MultiLevelRoIAlign(keras.layers.Layer):
 
     Call: [boxes [B, R, 4] float (image pixels), P_min, ..., P_max] with
     P_k [B, H_k, W_k, C] -> [B, R, output_size, output_size, C] in the compute dtype.
+    torchvision's MultiScaleRoIAlign is aligned=False, level_epsilon=1e-6.
     """
 
     def __init__(self, output_size=7, sampling_ratio=2, min_level=2, max_level=5,
-                 canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, **kwargs):
+                 canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, aligned=True, level_epsilon=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
@@ -137,13 +158,15 @@ class MultiLevelRoIAlign(keras.layers.Layer):
         self.max_level = int(max_level)
         self.canonical_size = float(canonical_size)
         self.canonical_level = int(canonical_level)
+        self.aligned = bool(aligned)
+        self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
 
     def call(self, inputs):
         boxes, *features = inputs
         crops = multilevel_roi_align(
             features, boxes, output_size=self.output_size, sampling_ratio=self.sampling_ratio,
             min_level=self.min_level, max_level=self.max_level, canonical_size=self.canonical_size,
-            canonical_level=self.canonical_level)
+            canonical_level=self.canonical_level, aligned=self.aligned, level_epsilon=self.level_epsilon)
         return tf.cast(crops, self.compute_dtype)
 
     def compute_output_shape(self, input_shapes):
@@ -153,4 +176,5 @@ class MultiLevelRoIAlign(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "output_size": self.output_size, "sampling_ratio": self.sampling_ratio,
                 "min_level": self.min_level, "max_level": self.max_level,
-                "canonical_size": self.canonical_size, "canonical_level": self.canonical_level}
+                "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
+                "aligned": self.aligned, "level_epsilon": self.level_epsilon}

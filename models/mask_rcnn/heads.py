@@ -8,6 +8,8 @@ rely on this), so both heads output num_classes + 1 channels.
 import keras
 import tensorflow as tf
 
+from models.resnet import batch_norm as make_batch_norm
+
 
 def _merge_rois(x):
     """[B, R, *rest] -> [B * R, *rest] (rest static)."""
@@ -25,17 +27,25 @@ class MaskHead(keras.layers.Layer):
 
     Call: roi features [B, R, s, s, C] -> mask logits [B, R, 2s, 2s, num_classes + 1]
     float32 (per-pixel sigmoid logits, one channel per class, channel 0 unused).
-    The paper's head: s = 14, channels = 256, num_convs = 4 -> 28 x 28 masks.
+    The paper's head: s = 14, channels = 256, num_convs = 4 -> 28 x 28 masks
+    (torchvision's MaskRCNNHeads + MaskRCNNPredictor). batch_norm=True: each
+    3x3 conv without bias, then BatchNormalization (epsilon bn_epsilon), then
+    ReLU (torchvision's maskrcnn_resnet50_fpn_v2).
     """
 
-    def __init__(self, num_classes, channels=256, num_convs=4, **kwargs):
+    def __init__(self, num_classes, channels=256, num_convs=4, batch_norm=False, bn_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.channels = int(channels)
         self.num_convs = int(num_convs)
-        self.convs = [keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                          kernel_initializer="he_normal", name=f"conv{i + 1}")
+        self.batch_norm = bool(batch_norm)
+        self.bn_epsilon = float(bn_epsilon)
+        self.convs = [keras.layers.Conv2D(channels, 3, padding="same", activation=None if batch_norm else "relu",
+                                          use_bias=not batch_norm, kernel_initializer="he_normal",
+                                          name=f"conv{i + 1}")
                       for i in range(num_convs)]
+        self.norms = [make_batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(num_convs if batch_norm
+                                                                                             else 0)]
         self.upsample = keras.layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                                      kernel_initializer="he_normal", name="deconv")
         # Small initial logits: every mask starts near 0.5, as in Detectron (std 0.001).
@@ -49,13 +59,17 @@ class MaskHead(keras.layers.Layer):
         for conv in self.convs:
             conv.build(shape)
             shape = (None, size, size, self.channels)
+        for norm in self.norms:
+            norm.build(shape)
         self.upsample.build(shape)
         self.predict.build((None, 2 * size, 2 * size, self.channels))
 
-    def call(self, features):
+    def call(self, features, training=None):
         x = _merge_rois(features)
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
             x = conv(x)
+            if self.batch_norm:
+                x = tf.nn.relu(self.norms[i](x, training=training))
         return _split_rois(self.predict(self.upsample(x)), features)
 
     def compute_output_shape(self, input_shape):
@@ -63,7 +77,7 @@ class MaskHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,
-                "num_convs": self.num_convs}
+                "num_convs": self.num_convs, "batch_norm": self.batch_norm, "bn_epsilon": self.bn_epsilon}
 
 
 @keras.saving.register_keras_serializable(package="models")

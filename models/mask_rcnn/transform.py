@@ -1,0 +1,78 @@
+"""Photos in, detections in the photos' own pixels out: torchvision's GeneralizedRCNNTransform around the model.
+
+preprocess: each RGB image is scaled so its short side is min_size unless its
+long side would pass max_size (torchvision's rule: scale computed in float32,
+size floor(side * scale)), resized bilinearly (half-pixel centres, no
+antialiasing, as F.interpolate(align_corners=False)), normalised with the
+ImageNet mean / std (models.resnet.INPUT_MEAN / INPUT_STD on 0..255, the same
+as torchvision's on 0..1), and zero-padded at the bottom and right to the
+batch's largest size rounded up to a multiple of size_divisible.
+(data/coco.py's training pipeline rounds the resized size instead of flooring
+it: a pixel at most.)
+
+detect: preprocess -> model -> boxes scaled back by original / resized size
+per axis (torchvision's ratios) -> masks pasted into the original image
+(models.mask_rcnn.inference.paste_masks).
+"""
+import numpy as np
+import tensorflow as tf
+
+from models.mask_rcnn.inference import paste_masks
+from models.resnet import INPUT_MEAN, INPUT_STD
+
+
+def resized_size(height, width, min_size=800, max_size=1333):
+    """(height, width) after torchvision's resize rule: Python ints in, ints out."""
+    short, long = np.float32(min(height, width)), np.float32(max(height, width))
+    scale = min(np.float32(min_size) / short, np.float32(max_size) / long)  # float32, as torchvision
+    return int(np.floor(height * float(scale))), int(np.floor(width * float(scale)))
+
+
+def preprocess(images, *, min_size=800, max_size=1333, size_divisible=32):
+    """A list of RGB images -> the detector's inputs.
+
+    images: list of [h, w, 3] uint8 (or float 0..255) arrays or tensors, any sizes.
+    Returns {"images": [B, H, W, 3] float32 (normalised, zero-padded),
+    "image_sizes": [B, 2] int32 (resized, before padding),
+    "original_sizes": [B, 2] int32}.
+    """
+    resized, sizes, originals = [], [], []
+    for image in images:
+        image = tf.convert_to_tensor(image)
+        height, width = int(image.shape[0]), int(image.shape[1])
+        size = resized_size(height, width, min_size, max_size)
+        pixels = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
+        resized.append((pixels - INPUT_MEAN) / INPUT_STD)
+        sizes.append(size)
+        originals.append((height, width))
+    padded = [-(-max(s[axis] for s in sizes) // size_divisible) * size_divisible for axis in (0, 1)]
+    batch = tf.stack([tf.pad(x, [[0, padded[0] - s[0]], [0, padded[1] - s[1]], [0, 0]])
+                      for x, s in zip(resized, sizes)])
+    return {"images": batch, "image_sizes": tf.constant(sizes, tf.int32),
+            "original_sizes": tf.constant(originals, tf.int32)}
+
+
+def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5):
+    """Detections of each image in its own pixels.
+
+    model: a build_mask_rcnn model (or one loaded from .keras).
+    images: list of [h, w, 3] RGB uint8 arrays, any sizes.
+    Returns one dict per image: boxes [N, 4] float32 (y1, x1, y2, x2, original
+    pixels), class_ids [N] int32 (1..K), category_ids [N] int32 (the dataset's
+    ids, e.g. COCO's), scores [N] float32 (decreasing), masks PastedMasks of
+    N masks at the original size (.dense() [N, h, w] bool, .rle() COCO RLEs),
+    mask probability >= mask_threshold.
+    """
+    inputs = preprocess(images, min_size=min_size, max_size=max_size)
+    outputs = model({"images": inputs["images"], "image_sizes": inputs["image_sizes"]}, training=False)
+    outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    detections = []
+    for b, (resized, original) in enumerate(zip(inputs["image_sizes"].numpy(), inputs["original_sizes"].numpy())):
+        n = int(outputs["num_detections"][b])
+        ratio = original.astype(np.float32) / resized.astype(np.float32)  # (height, width), float32 as torchvision
+        boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
+        detections.append({
+            "boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "category_ids": outputs["category_ids"][b, :n],
+            "scores": outputs["scores"][b, :n],
+            "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original), mask_threshold)})
+    return detections
