@@ -284,25 +284,27 @@ def raise_if_interrupted(callbacks):
 
 
 class TrainingCurves(keras.callbacks.Callback):
-    """Redraws curves.png after every epoch: train/val loss, and the monitored metric.
+    """Redraws curves.png after every epoch: train/val loss, the monitored metric, and loss components if given.
 
     Reads history.csv (written by keras.callbacks.CSVLogger, which appends on
     resume), so a resumed run's figure shows the whole run.
     """
 
-    def __init__(self, run_dir, metric="val_miou", csv_name="history.csv"):
+    def __init__(self, run_dir, metric="val_miou", csv_name="history.csv", components=()):
         super().__init__()
         self.run_dir = run_dir
         self.metric = metric
+        self.components = tuple(components)
         self.csv_path = os.path.join(run_dir, csv_name)
 
     def on_epoch_end(self, epoch, logs=None):
         if os.path.exists(self.csv_path):
-            plot_curves(self.csv_path, os.path.join(self.run_dir, "curves.png"), self.metric)
+            plot_curves(self.csv_path, os.path.join(self.run_dir, "curves.png"), self.metric, self.components)
 
 
-def plot_curves(csv_path, png_path, metric="val_miou"):
-    """history.csv -> a PNG with loss curves (left) and `metric` (right) per epoch."""
+def plot_curves(csv_path, png_path, metric="val_miou", components=()):
+    """history.csv -> a PNG with loss curves (left), `metric` (middle) and, when `components` names
+    logged losses (e.g. a detector's five), each of them and its val_ twin per epoch (right)."""
     import csv
 
     import matplotlib
@@ -324,7 +326,8 @@ def plot_curves(csv_path, png_path, metric="val_miou"):
     def column(name):
         return [number(r.get(name)) for r in rows]
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3 if components else 2, figsize=(15 if components else 10, 4))
+    left, right = axes[0], axes[1]
     for name in ("loss", "val_loss"):
         if name in rows[0]:
             left.plot(epochs, column(name), marker="o", label=name)
@@ -339,6 +342,16 @@ def plot_curves(csv_path, png_path, metric="val_miou"):
     right.set_xlabel("epoch")
     right.set_ylabel(metric)
     right.grid(alpha=0.3)
+    if components:
+        for index, name in enumerate(components):
+            colour = f"C{index}"
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + name in rows[0]:
+                    axes[2].plot(epochs, column(prefix + name), style, color=colour, label=prefix + name)
+        axes[2].set_xlabel("epoch")
+        axes[2].set_yscale("log")
+        axes[2].legend(fontsize=6)
+        axes[2].grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=80)
@@ -347,8 +360,10 @@ def plot_curves(csv_path, png_path, metric="val_miou"):
 
 
 def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True,
-                       save_every=0):
+                       save_every=0, curve_components=()):
     """The callbacks every run gets: NaN guard, checkpoints, CSV history, curves, TensorBoard.
+
+    curve_components: logged loss components drawn in curves.png too (TrainingCurves).
 
     Returns (callbacks list, guard); after training, `raise_if_interrupted(callbacks)`.
     """
@@ -358,7 +373,7 @@ def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initi
     if is_chief:
         callbacks += [
             keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_state is not None),
-            TrainingCurves(run_dir, metric=monitor),
+            TrainingCurves(run_dir, metric=monitor, components=curve_components),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
                                         write_graph=False),
         ]
