@@ -21,6 +21,8 @@ import keras
 from models.mask_rcnn.detector import build_mask_rcnn, detector_layers
 from models.mask_rcnn.inference import PickMaskChannel, PredictClass
 
+# The predictors whose shapes follow the class count: left as initialised when fine-tuning on other classes.
+CLASS_SPECIFIC = ("box_head/class_logits/", "box_head/box_deltas/", "mask_head/logits/")
 # torchvision's widths, what build_mask_rcnn builds.
 MASK_HEAD_CHANNELS = 256
 BOX_HEAD_UNITS = 1024
@@ -79,8 +81,8 @@ def init_from(detector, path):
     checkpoint), or a backbone (models.convert torchvision-resnet50: the
     ResNet named "backbone"). Weights are paired in order and copied where the
     shapes agree: a detector for other classes keeps its own class logits, box
-    deltas and mask logits. Raises ValueError for a model of another
-    architecture (different number of weights, or nothing copied).
+    deltas and mask logits (CLASS_SPECIFIC). Raises ValueError for a model of
+    another architecture (another number of weights, or another shape elsewhere).
     """
     import models  # noqa: F401  (registers the layers a file names)
     from models.mask_rcnn.detector_trainer import DetectorTrainer  # noqa: F401  (likewise)
@@ -97,10 +99,12 @@ def init_from(detector, path):
     for src, dst in zip(source.weights, target.weights):
         if tuple(src.shape) == tuple(dst.shape):
             dst.assign(src)
-        else:
+        elif dst.path.startswith(CLASS_SPECIFIC):
             skipped.append(dst.path)
-    if len(skipped) == len(target.weights):
-        raise ValueError(f"{path}: no weight has the shape of the model's: another architecture")
+        else:
+            raise ValueError(f"{path}: {src.path} has shape {tuple(src.shape)}, the model to initialise "
+                             f"{tuple(dst.shape)}: another architecture (check --base-width, --fpn-channels, "
+                             "--mask-head-channels, --box-head-units)")
     return skipped
 
 

@@ -50,6 +50,14 @@ def _is_v2(detector):
     return any(layer.name == "fpn_output2_bn" for layer in detector.get_layer("fpn").layers)
 
 
+def _make_trainable(layer):
+    """Everything in `layer` trainable again. Keras's trainable setter reaches a custom layer's sublayers
+    but not the layers of a nested functional model (the FPN, its ResNet): those are visited here."""
+    layer.trainable = True
+    for sublayer in getattr(layer, "layers", ()):
+        _make_trainable(sublayer)
+
+
 def set_stage(detector, stage, *, trainable_backbone_stages=3, freeze_batch_norm=None):
     """Sets the trainable flags of a build_mask_rcnn model for `stage` (see the module docstring).
 
@@ -64,7 +72,7 @@ def set_stage(detector, stage, *, trainable_backbone_stages=3, freeze_batch_norm
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    detector.trainable = True
+    _make_trainable(detector)
     backbone = detector.get_layer("fpn").get_layer("backbone")
     if stage == "all":
         freeze_batch_norm = not _is_v2(detector) if freeze_batch_norm is None else freeze_batch_norm

@@ -72,8 +72,8 @@ PRESETS = {
         preset="maskrcnn_demo", data="samples/coco", out="runs/maskrcnn_demo", resume=True, base_width=16,
         fpn_channels=64, mask_head_channels=64, box_head_units=256, trainable_backbone_stages=5,
         freeze_batch_norm=False, rpn_pre_nms_top_n=500, rpn_post_nms_top_n=250, box_batch_size=64,
-        short_side=256, long_side=320, batch_size=4, steps=1200, steps_per_epoch=100, lr=0.02,
-        milestones=(1000,), warmup_steps=50, clip_norm=5.0),
+        short_side=256, long_side=320, batch_size=4, steps=400, steps_per_epoch=50, lr=0.02,
+        milestones=(300,), warmup_steps=50, clip_norm=5.0),
 }
 DEMO_PRESET = "maskrcnn_demo"
 CONFIG = DetectorConfig  # what train.py builds the flags from
