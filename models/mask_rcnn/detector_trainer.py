@@ -134,6 +134,10 @@ class DetectorTrainer(keras.Model):
         return list(self.trackers.values())
 
     def call(self, inputs, training=False):
+        """The detector's detections: of its own inputs, or of a data.coco batch (what Keras hands over
+        when it builds the trainer inside fit)."""
+        if "images" not in inputs:
+            inputs = {"images": inputs["image"], "image_sizes": tf.cast(inputs["image_size"], tf.int32)}
         return self.detector(inputs, training=training)
 
     def _candidates(self, data, rpn):

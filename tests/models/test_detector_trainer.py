@@ -7,6 +7,7 @@ sample at 96x128, a few seconds per step on this CPU.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from data import coco
 from data.synthetic_coco import write_coco_sample
@@ -128,3 +129,34 @@ def test_trainer_round_trips_and_init_from_copies_weights(split, tmp_path):
                                   detector.get_layer("rpn_head").weights[0].numpy())
     with pytest.raises(ValueError, match="another architecture"):
         init_from(build_detector(3, **dict(TINY, base_width=16)), path)
+
+
+def test_two_replicas_take_the_step_of_one_device(split, two_replica_strategy):
+    """The same SGD step from the same weights: sampling sizes that take every candidate make it deterministic,
+    and frozen BatchNorm keeps per-replica statistics out of it; what is left is the losses' global means."""
+    take_all = dict(rpn_batch_size=8192, box_batch_size=1024, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=100)
+    batch = _batch(split)
+    dataset = coco.make_dataset(split, batch_size=2, training=False, short_side=96, long_side=128).take(1)
+    keras.utils.set_random_seed(3)
+    weights = build_detector(split.categories.num_classes, **TINY).get_weights()
+
+    def one_step(strategy):
+        with strategy.scope():
+            detector = build_detector(split.categories.num_classes, **TINY)
+            detector.set_weights(weights)
+            set_stage(detector, "all")
+            trainer = DetectorTrainer(detector, stage="all", seed=0, **take_all)
+            trainer.compile(optimizer=SegmentationSGD(1e-3, momentum=0.0, l2=0.0))
+        history = trainer.fit(dataset, epochs=1, verbose=0)
+        return trainer.detector.get_weights(), history.history
+
+    single, single_logs = one_step(tf.distribute.get_strategy())
+    mirrored, mirrored_logs = one_step(two_replica_strategy)
+    assert int(batch["num_instances"].numpy().min()) > 0
+    for name in ("loss", "rpn_objectness_loss", "box_class_loss", "mask_loss"):
+        np.testing.assert_allclose(mirrored_logs[name], single_logs[name], rtol=1e-4)
+    changed = 0
+    for before, a, b in zip(weights, single, mirrored):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+        changed += not np.array_equal(before, a)
+    assert changed > 20
