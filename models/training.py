@@ -284,7 +284,7 @@ def raise_if_interrupted(callbacks):
 
 
 class TrainingCurves(keras.callbacks.Callback):
-    """Redraws curves.png after every epoch: train/val loss, the monitored metric, and loss components if given.
+    """Redraws curves.png after every epoch: train/val loss, and the monitored metric or the loss components.
 
     Reads history.csv (written by keras.callbacks.CSVLogger, which appends on
     resume), so a resumed run's figure shows the whole run.
@@ -303,8 +303,8 @@ class TrainingCurves(keras.callbacks.Callback):
 
 
 def plot_curves(csv_path, png_path, metric="val_miou", components=()):
-    """history.csv -> a PNG with loss curves (left), `metric` (middle) and, when `components` names
-    logged losses (e.g. a detector's five), each of them and its val_ twin per epoch (right)."""
+    """history.csv -> a PNG with loss curves (left) and `metric` per epoch (right), or, when
+    `components` names logged losses (a detector's five), each of them and its val_ twin (right)."""
     import csv
 
     import matplotlib
@@ -326,8 +326,7 @@ def plot_curves(csv_path, png_path, metric="val_miou", components=()):
     def column(name):
         return [number(r.get(name)) for r in rows]
 
-    fig, axes = plt.subplots(1, 3 if components else 2, figsize=(15 if components else 10, 4))
-    left, right = axes[0], axes[1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name in ("loss", "val_loss"):
         if name in rows[0]:
             left.plot(epochs, column(name), marker="o", label=name)
@@ -335,23 +334,21 @@ def plot_curves(csv_path, png_path, metric="val_miou", components=()):
     left.set_ylabel("loss")
     left.legend()
     left.grid(alpha=0.3)
-    if metric in rows[0]:
+    if components:
+        for index, name in enumerate(components):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + name in rows[0]:
+                    right.plot(epochs, column(prefix + name), style, color=f"C{index}", label=prefix + name)
+        right.set_yscale("log")
+        right.set_ylabel("loss components")
+        right.legend(fontsize=6)
+    elif metric in rows[0]:
         right.plot(epochs, column(metric), marker="o", color="tab:green", label=metric)
         right.set_ylim(0, 1)
         right.legend()
+        right.set_ylabel(metric)
     right.set_xlabel("epoch")
-    right.set_ylabel(metric)
     right.grid(alpha=0.3)
-    if components:
-        for index, name in enumerate(components):
-            colour = f"C{index}"
-            for prefix, style in (("", "-"), ("val_", "--")):
-                if prefix + name in rows[0]:
-                    axes[2].plot(epochs, column(prefix + name), style, color=colour, label=prefix + name)
-        axes[2].set_xlabel("epoch")
-        axes[2].set_yscale("log")
-        axes[2].legend(fontsize=6)
-        axes[2].grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=80)
@@ -363,7 +360,7 @@ def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initi
                        save_every=0, curve_components=()):
     """The callbacks every run gets: NaN guard, checkpoints, CSV history, curves, TensorBoard.
 
-    curve_components: logged loss components drawn in curves.png too (TrainingCurves).
+    curve_components: logged loss components, drawn in curves.png instead of the monitored metric.
 
     Returns (callbacks list, guard); after training, `raise_if_interrupted(callbacks)`.
     """
