@@ -51,7 +51,8 @@ def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5
 
     Images are fed as the pipeline resized and padded them; boxes are scaled
     back by original / resized size per axis and masks pasted into the original
-    image (as models.mask_rcnn.transform.detect does for photos).
+    image as torchvision pastes them (as models.mask_rcnn.transform.detect does
+    for photos).
     Returns a list, one dict per image: image_id int and the module's detection fields.
     """
     run = compiled(detector)
@@ -63,9 +64,11 @@ def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5
             n = int(outputs["num_detections"][b])
             ratio = original.astype(np.float32) / resized.astype(np.float32)
             boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
+            # Pasted as torchvision pastes: the convention of the converted weights (and of detect()).
+            masks = paste_masks(outputs["masks"][b, :n], boxes, (int(original[0]), int(original[1])), mask_threshold,
+                                torchvision_compatible=True)
             detection = {"boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "scores": outputs["scores"][b, :n],
-                         "masks": paste_masks(outputs["masks"][b, :n], boxes, (int(original[0]), int(original[1])),
-                                              mask_threshold)}
+                         "masks": masks}
             predictions.append({"image_id": int(batch["image_id"][b]), **_keep(detection, score_threshold)})
     return predictions
 
