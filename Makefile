@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) train.py
 
-# Trains the Mask R-CNN mask head on the built-in COCO-format sample and evaluates it.
+# Trains the Mask R-CNN detector on the built-in COCO-format sample and evaluates it from raw images.
 demo-maskrcnn: $(STAMP)
 	$(PY) train.py --model mask_rcnn --preset maskrcnn_demo
 

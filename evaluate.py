@@ -2,6 +2,7 @@
 
     python evaluate.py --model pspnet --checkpoint runs/x/best.keras --data /data/cityscapes --split val --out eval/
     python evaluate.py ... --sliding --flip --scales 0.5,0.75,1,1.25,1.5,1.75
+    python evaluate.py --model mask_rcnn --checkpoint FILE --data COCO_DIR --split val --out DIR   # from raw images
     python evaluate.py --model mask_rcnn --boxes gt --checkpoint FILE --data COCO_DIR --split val --out DIR
 
 PSPNet output in OUT: metrics.json (mIoU, per_class_iou, pixel_accuracy,
@@ -119,12 +120,6 @@ def plot_confusion(confusion, class_names, path):
     plt.close(fig)
 
 
-def _write_png(path, array):
-    from PIL import Image
-
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
-
-
 def load_checkpoint(checkpoint, kind=None):
     """A .keras file written by train.py or models.convert -> the Keras model in it.
 
@@ -150,40 +145,57 @@ def load_segmentation_model(checkpoint):
 
 
 def evaluate_mask_rcnn(args):
-    """Oracle-box mask evaluation: masks for the ground-truth boxes, COCO segm AP; returns the metrics dict.
+    """COCO AP of a Mask R-CNN checkpoint; returns the metrics dict.
 
-    Images are resized as in training (short/long side from the run's config.json beside the
-    checkpoint, unless --short-side/--long-side are given). Writes OUT/segm_results.json (COCO
-    results format, original category ids, no bbox key) and OUT/metrics.json.
+    --boxes detector (default): the detector from raw images; writes
+    OUT/bbox_results.json and OUT/segm_results.json (COCO results format, the
+    category ids the model carries) and OUT/metrics.json (bbox_* and segm_*:
+    COCOeval's twelve numbers each). --boxes gt: masks for the ground-truth
+    boxes (the oracle setting; a detector checkpoint or a mask-head one);
+    OUT/segm_results.json and metrics.json with segm AP.
+    Images are resized as in training (detector_io.inference_sizes).
     """
     from data import coco
+    from data.coco_eval import bbox_results, evaluate_results
     from models.mask_rcnn import predict_oracle_masks
+    from models.mask_rcnn.detector_io import inference_sizes, is_detector, oracle_heads_model
+    from models.mask_rcnn.run_detector import ModelCategories, detect_dataset
 
-    trainer = load_checkpoint(args.checkpoint, kind="mask_rcnn")
-    run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.json")
-    sizes = {"short_side": 800, "long_side": 1333}
-    if os.path.exists(run_config):
-        with open(run_config) as f:
-            saved = json.load(f)
-        sizes = {key: saved.get(key, value) for key, value in sizes.items()}
-    sizes = {key: getattr(args, key) or value for key, value in sizes.items()}
+    model = load_checkpoint(args.checkpoint, kind="mask_rcnn")
+    detector = getattr(model, "detector", model)
+    if args.boxes == "detector" and not is_detector(detector):
+        raise SystemExit(f"--checkpoint {args.checkpoint}: holds a mask-head model (no RPN); evaluate it with --boxes gt")
     try:
         split = coco.read_coco(args.data, args.split)
     except FileNotFoundError as error:
         raise SystemExit(f"--data {args.data}: {error}")
+    sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
     dataset = coco.make_dataset(split, batch_size=1, training=False, **sizes)
     if args.max_images:
         dataset = dataset.take(args.max_images)
-    predictions = predict_oracle_masks(trainer, dataset, class_source=args.class_source)
-    results = coco.segm_results(predictions, split.categories)
     os.makedirs(args.out, exist_ok=True)
-    coco.write_results(os.path.join(args.out, "segm_results.json"), results)
-    metrics = coco.evaluate_segm(split.coco, results)
-    metrics.update(boxes=args.boxes, class_source=args.class_source, images=len(predictions))
+    if args.boxes == "gt":
+        heads = oracle_heads_model(detector) if is_detector(detector) else model
+        predictions = predict_oracle_masks(heads, dataset, class_source=args.class_source)
+        categories = ModelCategories(detector) if is_detector(detector) else split.categories
+        results = {"segm": coco.segm_results(predictions, categories)}
+        metrics = coco.evaluate_segm(split.coco, results["segm"])
+    else:
+        predictions = detect_dataset(detector, dataset)
+        categories = ModelCategories(detector)
+        results = {"bbox": bbox_results(predictions, categories), "segm": coco.segm_results(predictions, categories)}
+        metrics = {}
+        for iou_type, found in results.items():
+            metrics.update(evaluate_results(split.coco, found, iou_type))
+    for iou_type, found in results.items():
+        coco.write_results(os.path.join(args.out, f"{iou_type}_results.json"), found)
+    metrics.update(boxes=args.boxes, images=len(predictions), detections=sum(len(p["class_ids"]) for p in predictions))
+    if args.boxes == "gt":
+        metrics["class_source"] = args.class_source
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print("\n".join(f"{key:<14}{value:.4f}" for key, value in metrics.items() if isinstance(value, float)))
-    print(f"wrote {args.out}/segm_results.json and metrics.json")
+    print(f"wrote {args.out}/{'_results.json, '.join(results)}_results.json and metrics.json")
     return metrics
 
 
@@ -194,7 +206,7 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     dataset: batches {"image": [B, H, W, 3] float32 normalised, "label": [B, H, W] int32 trainIds, "id": [B]}
     as data.cityscapes.eval_pipeline makes them.
     """
-    from data import cityscapes
+    from data import cityscapes, images
     from models.pspnet.inference import colorize, predict_classes, predict_logits
 
     scores = SegmentationScores(num_classes)
@@ -207,10 +219,10 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
             example_id = example_id.decode()
             scores.update(batch["label"][i].numpy(), predictions[i])
             if write_predictions:
-                _write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
+                images.write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
                            cityscapes.to_label_ids(predictions[i]))
                 # Named so that the official evaluator's "<city>_<seq>_<frame>*.png" search skips it.
-                _write_png(os.path.join(out_dir, "color", f"color_{example_id}.png"),
+                images.write_png(os.path.join(out_dir, "color", f"color_{example_id}.png"),
                            colorize(predictions[i], cityscapes.CLASS_COLORS))
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])
@@ -236,8 +248,9 @@ def build_parser():
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--scales", default="1", help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
-    parser.add_argument("--boxes", choices=["gt"], default="gt",
-                        help="Mask R-CNN: boxes to segment (gt = the ground-truth boxes; the detector comes later)")
+    parser.add_argument("--boxes", choices=["detector", "gt"], default="detector",
+                        help="Mask R-CNN: detector = detect from raw images (bbox and segm AP); "
+                             "gt = masks for the ground-truth boxes (oracle segm AP)")
     parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted",
                         help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
     parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")

@@ -48,11 +48,15 @@ def add_skip_bad_flag(parser):
 def _user_errors():
     """The exception types whose message is enough for a user (each names its file or flag).
 
-    CheckpointError counts only once models.checkpoints is imported (it cannot have been raised
-    before), so a flag error does not import Keras just to be reported.
+    The errors of other modules (CheckpointError, the COCO reader's CocoInputError and
+    RecordsMismatch, the converters' CheckpointMismatch) count once their module is imported
+    (they cannot have been raised before), so a flag error does not import Keras just to be reported.
     """
-    checkpoints = sys.modules.get("models.checkpoints")
-    extra = (checkpoints.CheckpointError,) if checkpoints is not None else ()
+    extra = ()
+    for module, name in (("models.checkpoints", "CheckpointError"), ("data.coco_json", "CocoInputError"),
+                         ("data.coco_convert", "RecordsMismatch"), ("models.torch_weights", "CheckpointMismatch")):
+        if module in sys.modules:
+            extra += (getattr(sys.modules[module], name),)
     return (UsageError, BadImageError, FileNotFoundError) + extra
 
 

@@ -226,3 +226,10 @@ def find_undecodable(paths, *, reader=read_image):
         except BadImageError as error:
             return error
     return None
+
+
+def write_png(path, array):
+    """Writes uint8 [H, W] (single channel) or [H, W, 3] (RGB) as a PNG."""
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)

@@ -87,11 +87,11 @@ def model_kind(model):
 
     A PSPNet (models.build_pspnet, the converters) has a layer named "logits" giving
     [B, H, W, C] scores; the Mask R-CNN models take RoIs (an input named "rois") or are
-    its trainer (MaskHeadTrainer) or are named mask_rcnn*.
+    one of its trainers (MaskHeadTrainer, DetectorTrainer) or are named mask_rcnn*.
     """
-    from models.mask_rcnn import MaskHeadTrainer
+    from models.mask_rcnn import DetectorTrainer, MaskHeadTrainer
 
-    if isinstance(model, MaskHeadTrainer) or model.name.startswith("mask_rcnn"):
+    if isinstance(model, (MaskHeadTrainer, DetectorTrainer)) or model.name.startswith("mask_rcnn"):
         return MASK_RCNN
     layer_names = {layer.name for layer in getattr(model, "layers", [])}
     input_names = {getattr(t, "name", "").split(":")[0] for t in getattr(model, "inputs", None) or []}

@@ -6,20 +6,35 @@ Run folder layout (one run = one folder; nothing in it is overwritten by
 another run, see `prepare_run_dir`):
 
     config.json          the resolved configuration
-    epoch_003.keras      the model after each epoch (the newest few are kept)
-    last.keras           the newest good checkpoint (what --resume starts from)
+    state.json           the manifest of the resumable state: steps and epochs done,
+                         best metric so far, which ckpt_*.keras holds the state
+    ckpt_000000120.keras the model at a saved step (what --resume starts from)
+    last.keras           the newest good checkpoint (a link to the manifest's ckpt_*)
     best.keras           the checkpoint with the best monitored metric
-    state.json           epochs done, steps done, best metric so far
+    epoch_003.keras      the model after each epoch (the newest few are kept)
     history.csv          one row of logs per epoch (Keras CSVLogger)
     curves.png           train/val loss and the monitored metric per epoch
     tensorboard/         TensorBoard event files
 """
-import json
 import math
 import os
+import signal
+import sys
+import threading
 
 import keras
 import numpy as np
+
+from models.run_state import (  # noqa: F401  (the run-folder names, used with these callbacks)
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    STATE_FILE,
+    CheckpointSaveError,
+    RunDirError,
+    prepare_run_dir,
+    read_state,
+    save_run_state,
+)
 
 
 # ----------------------------------------------------------------------------
@@ -101,64 +116,15 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 # ----------------------------------------------------------------------------
-# Run folder, checkpoints and resume
+# Checkpoints, stops and resume (the files: models/run_state.py)
 # ----------------------------------------------------------------------------
-
-STATE_FILE = "state.json"
-LAST_CHECKPOINT = "last.keras"
-BEST_CHECKPOINT = "best.keras"
-
-
-class RunDirError(ValueError):
-    """A run folder that cannot be used as asked (one line, names the folder and the flag)."""
-
-
-def read_state(run_dir):
-    """The saved progress of a run ({"epochs_done", "steps_done", "best"}), or None if it has none."""
-    path = os.path.join(run_dir, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def prepare_run_dir(run_dir, resume):
-    """Creates the run folder, or checks that it may be resumed; returns the saved state or None.
-
-    A folder that already holds checkpoints is never trained over from scratch:
-    without `resume` that is an error (the user passes --resume, or another --out).
-    """
-    state = read_state(run_dir)
-    has_checkpoint = os.path.exists(os.path.join(run_dir, LAST_CHECKPOINT))
-    if (state or has_checkpoint) and not resume:
-        raise RunDirError(f"{run_dir}: already holds a training run; pass --resume to continue it, "
-                          "or choose another --out")
-    if resume and state and not has_checkpoint:
-        raise RunDirError(f"{run_dir}: {STATE_FILE} is there but {LAST_CHECKPOINT} is missing; cannot resume")
-    os.makedirs(run_dir, exist_ok=True)
-    return state if has_checkpoint else None
-
-
-def _atomic_save(model, path):
-    # Write next to the target, then rename: a run killed mid-save never leaves a truncated checkpoint.
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(data, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops training at the first NaN/inf loss and remembers where, so no checkpoint is written after it."""
 
     def __init__(self):
         super().__init__()
-        self.failed_at = None  # (epoch, batch, value)
+        self.failed_at = None  # (epoch, batch, value, optimizer step)
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -167,73 +133,178 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.failed_at is None:
-            self.failed_at = (self._epoch, batch, float(loss))
+            self.failed_at = (self._epoch, batch, float(loss), int(self.model.optimizer.iterations.numpy()))
             self.model.stop_training = True
 
     def message(self, run_dir):
-        epoch, batch, value = self.failed_at
-        last = os.path.join(run_dir, LAST_CHECKPOINT)
-        kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint had been saved yet"
-        return (f"training stopped: the loss became {value} at epoch {epoch + 1}, batch {batch + 1}; {kept} "
-                "(lower --lr, or check the data for bad labels)")
+        epoch, batch, value, step = self.failed_at
+        state = read_state(run_dir)
+        kept = (f"the last good checkpoint is {os.path.join(run_dir, LAST_CHECKPOINT)} (step {state['steps_done']})"
+                if state else "no checkpoint had been saved yet")
+        return (f"training stopped: the loss became {value} at step {step} (epoch {epoch + 1}, batch {batch + 1}); "
+                f"{kept} (lower --lr, or check the data for bad labels)")
+
+
+class StopSignals:
+    """SIGINT / SIGTERM: the first asks training to stop after a save, a second ends the process at once.
+
+    install() / restore() swap the process's handlers (main thread only; elsewhere they do nothing).
+    `signal` is the first signal's number once one came, else None.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def install(self):
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        if self.signal is not None:  # the second one: no save, no clean-up
+            os._exit(128 + number)
+        self.signal = number
+        print(f"\n{signal.Signals(number).name}: stopping after this step's save (send it again to quit at once)",
+              file=sys.stderr, flush=True)
 
 
 class RunCheckpoints(keras.callbacks.Callback):
-    """Saves epoch_NNN.keras, last.keras and best.keras (by `monitor`) after each epoch, with state.json.
+    """Saves the run's resumable state (models/run_state.py) after each epoch, every `save_every` steps,
+    and when a stop signal came (then stops training).
 
-    Nothing is saved once `guard` has seen a non-finite loss, so last.keras
-    always holds good weights. Only the newest `keep` epoch files are kept
-    (last.keras and best.keras always are).
+    Nothing is saved once `guard` has seen a non-finite loss, so the saved state
+    always holds good weights. best.keras follows `monitor` (at epoch ends);
+    the newest `keep` epoch_NNN.keras files are kept. Only the chief writes.
     """
 
-    def __init__(self, run_dir, guard, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True):
+    def __init__(self, run_dir, guard, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True,
+                 save_every=0):
         super().__init__()
         self.run_dir = run_dir
         self.guard = guard
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         self.keep = keep
+        self.state = initial_state
         self.best = (initial_state or {}).get("best")
         self.is_chief = is_chief
+        self.save_every = int(save_every)
+        self.stop = StopSignals()
+        self._epoch = 0
+        self._epoch_complete = True  # no batch of this epoch was cut short
+        self._saved_step = (initial_state or {}).get("steps_done")
+
+    def on_train_begin(self, logs=None):
+        self.stop.install()
+
+    def on_train_end(self, logs=None):
+        self.stop.restore()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_complete = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.guard.failed_at is not None:
+            return
+        if self.stop.signal is not None:
+            self.model.stop_training = True
+        steps = (self.params or {}).get("steps")
+        # The epoch's own save comes next when this was its last batch.
+        self._epoch_complete = batch + 1 == steps if steps else not self.model.stop_training
+        step = int(self.model.optimizer.iterations.numpy())
+        if self._epoch_complete:
+            return
+        if self.stop.signal is not None or (self.save_every and step % self.save_every == 0):
+            self._save(step, epochs_done=self._epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard.failed_at is not None or not self.is_chief:
-            return
-        logs = logs or {}
-        _atomic_save(self.model, os.path.join(self.run_dir, f"epoch_{epoch + 1:03d}.keras"))
-        _atomic_save(self.model, os.path.join(self.run_dir, LAST_CHECKPOINT))
-        value = logs.get(self.monitor)
-        if value is not None and math.isfinite(value) and (self.best is None or self.better(value, self.best)):
+        if self.guard.failed_at is not None or not self._epoch_complete:
+            return  # a stopped epoch was saved by its last batch, if at all
+        value = (logs or {}).get(self.monitor)
+        improved = value is not None and math.isfinite(value) and (self.best is None or self.better(value, self.best))
+        if improved:
             self.best = float(value)
-            _atomic_save(self.model, os.path.join(self.run_dir, BEST_CHECKPOINT))
-        steps = int(self.model.optimizer.iterations.numpy())
-        _atomic_json({"epochs_done": epoch + 1, "steps_done": steps, "best": self.best, "monitor": self.monitor},
-                     os.path.join(self.run_dir, STATE_FILE))
-        old = sorted(f for f in os.listdir(self.run_dir) if f.startswith("epoch_") and f.endswith(".keras"))
-        for name in old[:-self.keep] if self.keep > 0 else []:
-            os.remove(os.path.join(self.run_dir, name))
+        self._save(int(self.model.optimizer.iterations.numpy()), epochs_done=epoch + 1, best_improved=improved,
+                   epoch_file=f"epoch_{epoch + 1:03d}.keras")
+
+    def _save(self, step, *, epochs_done, best_improved=False, epoch_file=None):
+        if not self.is_chief or (step == self._saved_step and not epoch_file):
+            return
+        self.state = save_run_state(self.model, self.run_dir, steps_done=step, epochs_done=epochs_done,
+                                    best=self.best, monitor=self.monitor, best_improved=best_improved,
+                                    previous=self.state, epoch_file=epoch_file, keep=self.keep)
+        self._saved_step = step
+
+
+def fit_from_step(model, dataset_fn, *, start_step, steps_per_epoch, epochs, callbacks, **fit_kwargs):
+    """model.fit from optimizer step `start_step` (0, or a resumed run's steps_done) to epochs * steps_per_epoch.
+
+    dataset_fn(skip): the training dataset with its first `skip` batches left
+    out, so a resumed run sees the data order an uninterrupted run would. A run
+    resumed mid-epoch first finishes that epoch with a shorter fit. Ends with
+    `raise_if_interrupted`.
+    """
+    epoch, done = divmod(start_step, steps_per_epoch)
+    try:
+        if done and epoch < epochs:
+            model.fit(dataset_fn(start_step), epochs=epoch + 1, initial_epoch=epoch,
+                      steps_per_epoch=steps_per_epoch - done, callbacks=callbacks, **fit_kwargs)
+            epoch += 1
+        if epoch < epochs and not _interrupted(callbacks):
+            model.fit(dataset_fn(epoch * steps_per_epoch), epochs=epochs, initial_epoch=epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, **fit_kwargs)
+    except CheckpointSaveError as error:
+        raise SystemExit(str(error))
+    raise_if_interrupted(callbacks)
+
+
+def _interrupted(callbacks):
+    checkpoints = next(c for c in callbacks if isinstance(c, RunCheckpoints))
+    return checkpoints.guard.failed_at is not None or checkpoints.stop.signal is not None
+
+
+def raise_if_interrupted(callbacks):
+    """After training: SystemExit with the guard's message after a non-finite loss, or after a stop signal."""
+    checkpoints = next(c for c in callbacks if isinstance(c, RunCheckpoints))
+    if checkpoints.guard.failed_at is not None:
+        raise SystemExit(checkpoints.guard.message(checkpoints.run_dir))
+    if checkpoints.stop.signal is not None:
+        steps = (checkpoints.state or {}).get("steps_done", 0)
+        print(f"stopped by {signal.Signals(checkpoints.stop.signal).name} after step {steps}, saved in "
+              f"{checkpoints.run_dir}; run the same command with --resume to continue", file=sys.stderr, flush=True)
+        raise SystemExit(128 + checkpoints.stop.signal)
 
 
 class TrainingCurves(keras.callbacks.Callback):
-    """Redraws curves.png after every epoch: train/val loss, and the monitored metric.
+    """Redraws curves.png after every epoch: train/val loss, and the monitored metric or the loss components.
 
     Reads history.csv (written by keras.callbacks.CSVLogger, which appends on
     resume), so a resumed run's figure shows the whole run.
     """
 
-    def __init__(self, run_dir, metric="val_miou", csv_name="history.csv"):
+    def __init__(self, run_dir, metric="val_miou", csv_name="history.csv", components=()):
         super().__init__()
         self.run_dir = run_dir
         self.metric = metric
+        self.components = tuple(components)
         self.csv_path = os.path.join(run_dir, csv_name)
 
     def on_epoch_end(self, epoch, logs=None):
         if os.path.exists(self.csv_path):
-            plot_curves(self.csv_path, os.path.join(self.run_dir, "curves.png"), self.metric)
+            plot_curves(self.csv_path, os.path.join(self.run_dir, "curves.png"), self.metric, self.components)
 
 
-def plot_curves(csv_path, png_path, metric="val_miou"):
-    """history.csv -> a PNG with loss curves (left) and `metric` (right) per epoch."""
+def plot_curves(csv_path, png_path, metric="val_miou", components=()):
+    """history.csv -> a PNG with loss curves (left) and `metric` per epoch (right), or, when
+    `components` names logged losses (a detector's five), each of them and its val_ twin (right)."""
     import csv
 
     import matplotlib
@@ -263,12 +334,20 @@ def plot_curves(csv_path, png_path, metric="val_miou"):
     left.set_ylabel("loss")
     left.legend()
     left.grid(alpha=0.3)
-    if metric in rows[0]:
+    if components:
+        for index, name in enumerate(components):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + name in rows[0]:
+                    right.plot(epochs, column(prefix + name), style, color=f"C{index}", label=prefix + name)
+        right.set_yscale("log")
+        right.set_ylabel("loss components")
+        right.legend(fontsize=6)
+    elif metric in rows[0]:
         right.plot(epochs, column(metric), marker="o", color="tab:green", label=metric)
         right.set_ylim(0, 1)
         right.legend()
+        right.set_ylabel(metric)
     right.set_xlabel("epoch")
-    right.set_ylabel(metric)
     right.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
@@ -277,18 +356,21 @@ def plot_curves(csv_path, png_path, metric="val_miou"):
     os.replace(tmp, png_path)
 
 
-def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True):
+def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True,
+                       save_every=0, curve_components=()):
     """The callbacks every run gets: NaN guard, checkpoints, CSV history, curves, TensorBoard.
 
-    Returns (callbacks list, guard); check `guard.failed_at` after fit.
+    curve_components: logged loss components, drawn in curves.png instead of the monitored metric.
+
+    Returns (callbacks list, guard); after training, `raise_if_interrupted(callbacks)`.
     """
     guard = NonFiniteLossGuard()
     callbacks = [guard, RunCheckpoints(run_dir, guard, monitor=monitor, mode=mode, keep=keep,
-                                       initial_state=initial_state, is_chief=is_chief)]
+                                       initial_state=initial_state, is_chief=is_chief, save_every=save_every)]
     if is_chief:
         callbacks += [
             keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_state is not None),
-            TrainingCurves(run_dir, metric=monitor),
+            TrainingCurves(run_dir, metric=monitor, components=curve_components),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
                                         write_graph=False),
         ]

@@ -115,7 +115,7 @@ def test_checkpoint_of_the_other_model_kind(tmp_path, checkpoints):
         evaluate.main(["--model", "mask_rcnn", "--checkpoint", checkpoints["pspnet"], "--data", root,
                        "--out", str(tmp_path / "e")])
     with pytest.raises(SystemExit, match="mask_rcnn.keras: a Mask R-CNN checkpoint, not a PSPNet one; "
-                                         "predict.py runs PSPNet checkpoints"):
+                                         "pass --model mask_rcnn"):
         predict.main(["--checkpoint", checkpoints["mask_rcnn"], _photo(tmp_path / "a.png"), "--out",
                       str(tmp_path / "p")])
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import evaluate
-import train
+from models.pspnet import recipe
+from models.recipes import parse_config
 from data import cityscapes
 from data.synthetic_cityscapes import write_cityscapes_sample
 
@@ -12,13 +13,13 @@ from data.synthetic_cityscapes import write_cityscapes_sample
 def test_overfits_one_sample_image_to_miou_above_0_9(tmp_path):
     root = str(tmp_path / "sample")
     write_cityscapes_sample(root, num_train=1, num_val=1, size=(96, 192), seed=3)
-    args = train.build_parser().parse_args([
+    config = parse_config(recipe, [
         "--preset", "pspnet50_cityscapes_713", "--data", root, "--out", str(tmp_path / "run"),
         "--backbone", "resnet18", "--base-width", "16", "--crop", "96,192", "--scale-range", "1,1",
         "--rotation-degrees", "0", "--blur-prob", "0", "--batch-size", "2", "--epochs", "8",
         "--steps-per-epoch", "50", "--lr", "0.05", "--head-lr-multiplier", "10", "--dropout", "0", "--weight-decay", "0",
         "--verbose", "0"])
-    run_dir = train.train_pspnet(train.resolve_config(args))
+    run_dir = recipe.train_pspnet(config)
     model = evaluate.load_segmentation_model(f"{run_dir}/last.keras")
     dataset = cityscapes.eval_pipeline(cityscapes.read_folder(root, "train"))
     metrics = evaluate.evaluate_pspnet(model, dataset, str(tmp_path / "eval"), write_predictions=False)

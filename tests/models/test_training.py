@@ -85,7 +85,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     y_bad[5] = np.nan  # second batch of the next epoch
     model.fit(x, y_bad, batch_size=4, epochs=3, initial_epoch=1, shuffle=False, callbacks=callbacks, verbose=0)
     assert guard.failed_at[:2] == (1, 1)
-    assert "epoch 2, batch 2" in guard.message(str(tmp_path)) and "last.keras" in guard.message(str(tmp_path))
+    message = guard.message(str(tmp_path))
+    assert "at step 4 (epoch 2, batch 2)" in message and "last.keras (step 2)" in message
     after = keras.saving.load_model(tmp_path / training.LAST_CHECKPOINT, safe_mode=True).get_weights()
     for a, b in zip(good, after):
         np.testing.assert_array_equal(a, b)

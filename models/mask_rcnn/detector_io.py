@@ -1,0 +1,146 @@
+"""Detector files: building the configured detector, reading one back from any .keras the project writes,
+fine-tuning initialisation from another, and the oracle-box view of a detector.
+
+- load_detector(path): the build_mask_rcnn model in a converted .keras
+  (models.mask_rcnn.convert_torchvision), a run's checkpoint (a DetectorTrainer)
+  or a detector saved on its own.
+- init_from(detector, path): copies every weight of a detector (or of a
+  torchvision-resnet50 backbone) whose shape matches; class-specific
+  predictors of another class count are left as initialised.
+- inference_sizes(checkpoint): the resize a run trained with, for evaluating
+  and predicting the way it saw its images.
+- oracle_heads_model(detector): {"image", "rois"} -> the class and mask
+  branches on given boxes, what models.mask_rcnn.predict_oracle_masks takes
+  (evaluate.py --boxes gt).
+"""
+import json
+import os
+
+import keras
+
+from models.checkpoints import CheckpointError, load_keras_file
+from models.mask_rcnn.detector import build_mask_rcnn, detector_layers
+from models.mask_rcnn.inference import PickMaskChannel, PredictClass
+
+# The predictors whose shapes follow the class count: left as initialised when fine-tuning on other classes.
+CLASS_SPECIFIC = ("box_head/class_logits/", "box_head/box_deltas/", "mask_head/logits/")
+# torchvision's widths, what build_mask_rcnn builds.
+MASK_HEAD_CHANNELS = 256
+BOX_HEAD_UNITS = 1024
+
+
+def build_detector(num_classes, *, category_ids=None, category_names=None, backbone="resnet50", variant="v1",
+                   base_width=64, fpn_channels=256, mask_head_channels=MASK_HEAD_CHANNELS,
+                   box_head_units=BOX_HEAD_UNITS):
+    """build_mask_rcnn, with narrower heads when asked (the CPU demo: torchvision's 256-channel mask head
+    costs about 0.9 GFLOPs per RoI, most of a small detector's step).
+
+    build_mask_rcnn has no parameter for the heads' widths: the model is rebuilt
+    with keras.models.clone_model, the two head layers created from their
+    configs with the new width (same layer names, fresh weights).
+    """
+    detector = build_mask_rcnn(num_classes, backbone=backbone, variant=variant, category_ids=category_ids,
+                               category_names=category_names, base_width=base_width, fpn_channels=fpn_channels)
+    if mask_head_channels == MASK_HEAD_CHANNELS and box_head_units == BOX_HEAD_UNITS:
+        return detector
+    widths = {"mask_head": {"channels": int(mask_head_channels)}, "box_head": {"units": int(box_head_units)}}
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), **widths.get(layer.name, {})})
+
+    return keras.models.clone_model(detector, clone_function=clone)
+
+
+def load_detector(path, flag="--checkpoint"):
+    """The build_mask_rcnn model held by a .keras file (a detector, or a DetectorTrainer's `.detector`).
+
+    Loaded with safe_mode (models.checkpoints.load_keras_file). Raises models.checkpoints.CheckpointError
+    (a ValueError; one line naming `flag` and the file) when it cannot be read or holds another kind of model.
+    """
+    import models  # noqa: F401  (registers the layers a file names)
+    from models.mask_rcnn.detector_trainer import DetectorTrainer  # noqa: F401  (likewise)
+
+    model = load_keras_file(path, flag=flag)
+    model = getattr(model, "detector", model)
+    if not is_detector(model):
+        raise CheckpointError(f"{flag} {path}: holds a {type(model).__name__} named {model.name!r}, "
+                              "not a Mask R-CNN detector")
+    return model
+
+
+def is_detector(model):
+    """True for a build_mask_rcnn model (it has every stage layer)."""
+    try:
+        detector_layers(model)
+    except ValueError:
+        return False
+    return True
+
+
+def init_from(detector, path):
+    """Copies the weights of the model in `path` into `detector`; returns the names of the weights left as they were.
+
+    path: a .keras detector (converted from torchvision, or any run's
+    checkpoint), or a backbone (models.convert torchvision-resnet50: the
+    ResNet named "backbone"). Weights are paired in order and copied where the
+    shapes agree: a detector for other classes keeps its own class logits, box
+    deltas and mask logits (CLASS_SPECIFIC). Raises ValueError for a model of
+    another architecture (another number of weights, or another shape elsewhere).
+    """
+    import models  # noqa: F401  (registers the layers a file names)
+    from models.mask_rcnn.detector_trainer import DetectorTrainer  # noqa: F401  (likewise)
+
+    source = load_keras_file(path, flag="--init-from")
+    source = getattr(source, "detector", source)
+    target = detector
+    if not is_detector(source):  # a backbone on its own goes into the detector's backbone
+        target = detector.get_layer("fpn").get_layer("backbone")
+    if len(source.weights) != len(target.weights):
+        raise ValueError(f"{path}: {len(source.weights)} weights, the model to initialise has "
+                         f"{len(target.weights)}: another architecture (check --backbone, --variant, --base-width)")
+    skipped = []
+    for src, dst in zip(source.weights, target.weights):
+        if tuple(src.shape) == tuple(dst.shape):
+            dst.assign(src)
+        elif dst.path.startswith(CLASS_SPECIFIC):
+            skipped.append(dst.path)
+        else:
+            raise ValueError(f"{path}: {src.path} has shape {tuple(src.shape)}, the model to initialise "
+                             f"{tuple(dst.shape)}: another architecture (check --base-width, --fpn-channels, "
+                             "--mask-head-channels, --box-head-units)")
+    return skipped
+
+
+def oracle_heads_model(detector):
+    """keras.Model {"image" [B, H, W, 3], "rois" [B, R, 4]} -> the detector's class and mask branches on those boxes.
+
+    Outputs (as build_mask_head_model's, for predict_oracle_masks):
+    class_logits [B, R, K + 1], mask_logits [B, R, 28, 28, K + 1], class_ids
+    [B, R] (the most likely object class), scores [B, R], masks [B, R, 28, 28]
+    (that class's mask probabilities).
+    """
+    layers = detector_layers(detector)
+    image = keras.Input((None, None, 3), name="image")
+    rois = keras.Input((None, 4), name="rois")
+    pyramid = layers["fpn"](image)
+    levels = [pyramid[f"P{k}"] for k in range(2, 6)]
+    class_logits, _ = layers["box_head"](layers["box_roi_align"]([rois, *levels]))
+    mask_logits = layers["mask_head"](layers["mask_roi_align"]([rois, *levels]))
+    class_ids, scores = PredictClass(name="predict_class")(class_logits)
+    masks = PickMaskChannel(name="picked_masks")([mask_logits, class_ids])
+    return keras.Model({"image": image, "rois": rois},
+                       {"class_logits": class_logits, "mask_logits": mask_logits, "class_ids": class_ids,
+                        "scores": scores, "masks": masks}, name=f"{detector.name}_oracle")
+
+
+def inference_sizes(checkpoint, short_side=None, long_side=None):
+    """{"short_side", "long_side"}: the ones given, else the run's config.json beside `checkpoint`, else 800 / 1333
+    (torchvision's, what a converted model expects)."""
+    sizes = {"short_side": 800, "long_side": 1333}
+    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
+    if os.path.exists(run_config):
+        with open(run_config) as f:
+            saved = json.load(f)
+        sizes = {key: saved.get(key, value) for key, value in sizes.items()}
+    given = {"short_side": short_side, "long_side": long_side}
+    return {key: given[key] or value for key, value in sizes.items()}
