@@ -74,9 +74,9 @@ def prepare_run_dir(run_dir, resume):
 
 def load_run_model(run_dir, state):
     """The model of a saved state, as it was when saved (its random generators included)."""
-    import keras
+    from models.checkpoints import load_keras_file
 
-    model = keras.saving.load_model(checkpoint_path(run_dir, state))
+    model = load_keras_file(checkpoint_path(run_dir, state), flag="--resume", compile=True)
     restore_seed_states(model, state.get("seed_states"))
     return model
 

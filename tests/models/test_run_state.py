@@ -49,7 +49,7 @@ def _check_consistent(run_dir, weights_at_step):
     assert step == state["steps_done"]
     for got, want in zip(model.get_weights(), weights_at_step[step]):
         np.testing.assert_array_equal(got, want)
-    last = keras.saving.load_model(os.path.join(run_dir, checkpoints.LAST_CHECKPOINT))
+    last = keras.saving.load_model(os.path.join(run_dir, checkpoints.LAST_CHECKPOINT), safe_mode=True)
     assert int(last.optimizer.iterations.numpy()) == step
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]
     return step
