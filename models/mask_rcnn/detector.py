@@ -29,7 +29,7 @@ LAYER_NAMES = ("fpn", "anchors", "rpn_head", "proposals", "box_roi_align", "box_
                "mask_roi_align", "mask_head", "class_picked_masks", "categories")
 
 
-def _freeze_backbone(backbone, trainable_stages, freeze_batch_norm):
+def freeze_backbone(backbone, trainable_stages, freeze_batch_norm):
     """torchvision's trainable_backbone_layers: only the last `trainable_stages` of conv5..conv1 train.
 
     freeze_batch_norm: every BN of the backbone uses its moving statistics and
@@ -50,7 +50,7 @@ def _detector_inputs():
 def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_ids=None, category_names=None,
                     trainable_backbone_stages=3, rpn_pre_nms_top_n=1000, rpn_post_nms_top_n=1000,
                     rpn_nms_threshold=0.7, score_threshold=0.05, nms_threshold=0.5, max_detections=100,
-                    fpn_channels=256, base_width=64, name="mask_rcnn"):
+                    fpn_channels=256, base_width=64, mask_head_channels=256, box_head_units=1024, name="mask_rcnn"):
     """Mask R-CNN with torchvision's architecture, inference graph.
 
     Args:
@@ -66,7 +66,9 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
       rpn_pre_nms_top_n, rpn_post_nms_top_n: proposals per level before NMS and
         per image after (torchvision's test values; 2000 / 2000 in training).
       score_threshold, nms_threshold, max_detections: the detections'.
-      fpn_channels, base_width: widths (256, 64; small in tests).
+      fpn_channels, base_width, mask_head_channels, box_head_units: widths
+        (torchvision's 256, 64, 256, 1024; narrower in tests and the CPU demo:
+        the 256-channel mask head costs about 0.9 GFLOPs per RoI).
 
     Inputs: {"images": [B, H, W, 3] float32, normalised (models.resnet.INPUT_MEAN
              / INPUT_STD on 0..255 RGB) and zero-padded (transform.preprocess),
@@ -93,7 +95,7 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
     images, image_sizes = _detector_inputs()
     fpn = build_resnet_fpn(depths[backbone], channels=fpn_channels, base_width=base_width, stride_on="3x3",
                            bn_epsilon=TORCHVISION_BN_EPSILON, upsample_to_lateral=True, batch_norm=v2, name="fpn")
-    _freeze_backbone(fpn.get_layer("backbone"), trainable_backbone_stages, freeze_batch_norm=not v2)
+    freeze_backbone(fpn.get_layer("backbone"), trainable_backbone_stages, freeze_batch_norm=not v2)
     pyramid = fpn(images)
     levels = [pyramid[f"P{k}"] for k in range(2, 7)]
 
@@ -106,15 +108,15 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
 
     p2_to_p5 = levels[:4]  # RoIs read P2..P5
     box_features = MultiLevelRoIAlign(7, name="box_roi_align", **_ROI_ALIGN)([proposals, *p2_to_p5])
-    box_head = (BoxHead(num_classes, 1024, num_fc=1, num_convs=4, conv_channels=256, name="box_head") if v2
-                else BoxHead(num_classes, 1024, num_fc=2, name="box_head"))
+    box_head = (BoxHead(num_classes, box_head_units, num_fc=1, num_convs=4, conv_channels=256, name="box_head")
+                if v2 else BoxHead(num_classes, box_head_units, num_fc=2, name="box_head"))
     class_logits, box_deltas = box_head(box_features)
     boxes, class_ids, scores, num_detections = Detections(
         score_threshold, nms_threshold, max_detections, name="detections")(
         [class_logits, box_deltas, proposals, num_proposals, image_sizes])
 
     mask_features = MultiLevelRoIAlign(14, name="mask_roi_align", **_ROI_ALIGN)([boxes, *p2_to_p5])
-    mask_logits = MaskHead(num_classes, 256, batch_norm=v2, bn_epsilon=TORCHVISION_BN_EPSILON,
+    mask_logits = MaskHead(num_classes, mask_head_channels, batch_norm=v2, bn_epsilon=TORCHVISION_BN_EPSILON,
                            name="mask_head")(mask_features)
     masks = PickMaskChannel(name="class_picked_masks")([mask_logits, class_ids])
     outputs = {"boxes": boxes, "class_ids": class_ids,

@@ -24,31 +24,6 @@ from models.mask_rcnn.inference import PickMaskChannel, PredictClass
 
 # The predictors whose shapes follow the class count: left as initialised when fine-tuning on other classes.
 CLASS_SPECIFIC = ("box_head/class_logits/", "box_head/box_deltas/", "mask_head/logits/")
-# torchvision's widths, what build_mask_rcnn builds.
-MASK_HEAD_CHANNELS = 256
-BOX_HEAD_UNITS = 1024
-
-
-def build_detector(num_classes, *, category_ids=None, category_names=None, backbone="resnet50", variant="v1",
-                   base_width=64, fpn_channels=256, mask_head_channels=MASK_HEAD_CHANNELS,
-                   box_head_units=BOX_HEAD_UNITS):
-    """build_mask_rcnn, with narrower heads when asked (the CPU demo: torchvision's 256-channel mask head
-    costs about 0.9 GFLOPs per RoI, most of a small detector's step).
-
-    build_mask_rcnn has no parameter for the heads' widths: the model is rebuilt
-    with keras.models.clone_model, the two head layers created from their
-    configs with the new width (same layer names, fresh weights).
-    """
-    detector = build_mask_rcnn(num_classes, backbone=backbone, variant=variant, category_ids=category_ids,
-                               category_names=category_names, base_width=base_width, fpn_channels=fpn_channels)
-    if mask_head_channels == MASK_HEAD_CHANNELS and box_head_units == BOX_HEAD_UNITS:
-        return detector
-    widths = {"mask_head": {"channels": int(mask_head_channels)}, "box_head": {"units": int(box_head_units)}}
-
-    def clone(layer):
-        return layer.__class__.from_config({**layer.get_config(), **widths.get(layer.name, {})})
-
-    return keras.models.clone_model(detector, clone_function=clone)
 
 
 def load_detector(path, flag="--checkpoint"):

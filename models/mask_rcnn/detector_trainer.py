@@ -35,7 +35,7 @@ mask_loss), all global means.
 import keras
 import tensorflow as tf
 
-from models.mask_rcnn.detector import _freeze_backbone, detector_layers
+from models.mask_rcnn.detector import detector_layers, freeze_backbone
 from models.mask_rcnn.detector_losses import LOSS_NAMES, detector_losses
 from models.mask_rcnn.rpn import Proposals
 from models.mask_rcnn.targets import box_head_targets, sample_rois
@@ -76,7 +76,7 @@ def set_stage(detector, stage, *, trainable_backbone_stages=3, freeze_batch_norm
     backbone = detector.get_layer("fpn").get_layer("backbone")
     if stage == "all":
         freeze_batch_norm = not _is_v2(detector) if freeze_batch_norm is None else freeze_batch_norm
-        _freeze_backbone(backbone, trainable_backbone_stages, freeze_batch_norm=freeze_batch_norm)
+        freeze_backbone(backbone, trainable_backbone_stages, freeze_batch_norm=freeze_batch_norm)
     elif stage == "heads":
         backbone.trainable = False
     else:

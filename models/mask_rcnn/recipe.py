@@ -113,11 +113,12 @@ def read_coco_split(config, split):
 
 def build_trainer(config, categories):
     """A compiled DetectorTrainer for a new run: the detector (with --init-from's weights), staged, its optimizer."""
-    from models.mask_rcnn.detector_io import build_detector, init_from
+    from models.mask_rcnn.detector import build_mask_rcnn
+    from models.mask_rcnn.detector_io import init_from
     from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
     from models.training import SegmentationSGD, WarmupStepDecay
 
-    detector = build_detector(categories.num_classes, category_ids=categories.coco_ids,
+    detector = build_mask_rcnn(categories.num_classes, category_ids=categories.coco_ids,
                               category_names=categories.names, backbone=config.backbone, variant=config.variant,
                               base_width=config.base_width, fpn_channels=config.fpn_channels,
                               mask_head_channels=config.mask_head_channels, box_head_units=config.box_head_units)

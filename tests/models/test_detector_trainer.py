@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from data import coco
 from data.synthetic_coco import write_coco_sample
-from models.mask_rcnn.detector_io import build_detector, init_from, load_detector
+from models.mask_rcnn.detector import build_mask_rcnn
+from models.mask_rcnn.detector_io import init_from, load_detector
 from models.mask_rcnn.detector_losses import LOSS_NAMES
 from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
 from models.training import SegmentationSGD
@@ -31,7 +32,7 @@ def _batch(split):
 
 
 def _trainer(split, stage, **kwargs):
-    detector = build_detector(split.categories.num_classes, **TINY)
+    detector = build_mask_rcnn(split.categories.num_classes, **TINY)
     set_stage(detector, stage, **kwargs)
     trainer = DetectorTrainer(detector, stage=stage, box_batch_size=32, rpn_pre_nms_top_n=200,
                               rpn_post_nms_top_n=100, seed=0)
@@ -63,7 +64,7 @@ def _trainable_paths(trainer):
 
 
 def test_each_stage_trains_exactly_its_variables(split):
-    detector = build_detector(split.categories.num_classes, **TINY)
+    detector = build_mask_rcnn(split.categories.num_classes, **TINY)
     every = {v.path for v in detector.weights}
     statistics = {p for p in every if p.endswith(("moving_mean", "moving_variance"))}  # never trained by gradients
     backbone = {v.path for v in detector.get_layer("fpn").get_layer("backbone").weights}
@@ -120,7 +121,7 @@ def test_trainer_round_trips_and_init_from_copies_weights(split, tmp_path):
     assert not detector.get_layer("fpn").get_layer("backbone").trainable  # the stage's flags are kept
 
     # Fine-tuning on other classes: everything copies but the three class-specific predictors' weights.
-    other = build_detector(split.categories.num_classes + 2, **TINY)
+    other = build_mask_rcnn(split.categories.num_classes + 2, **TINY)
     skipped = init_from(other, path)
     assert sorted(skipped) == sorted(["box_head/class_logits/kernel", "box_head/class_logits/bias",
                                       "box_head/box_deltas/kernel", "box_head/box_deltas/bias",
@@ -128,7 +129,7 @@ def test_trainer_round_trips_and_init_from_copies_weights(split, tmp_path):
     np.testing.assert_array_equal(other.get_layer("rpn_head").weights[0].numpy(),
                                   detector.get_layer("rpn_head").weights[0].numpy())
     with pytest.raises(ValueError, match="another architecture"):
-        init_from(build_detector(3, **dict(TINY, base_width=16)), path)
+        init_from(build_mask_rcnn(3, **dict(TINY, base_width=16)), path)
 
 
 def test_two_replicas_take_the_step_of_one_device(split, two_replica_strategy):
@@ -138,11 +139,11 @@ def test_two_replicas_take_the_step_of_one_device(split, two_replica_strategy):
     batch = _batch(split)
     dataset = coco.make_dataset(split, batch_size=2, training=False, short_side=96, long_side=128).take(1)
     keras.utils.set_random_seed(3)
-    weights = build_detector(split.categories.num_classes, **TINY).get_weights()
+    weights = build_mask_rcnn(split.categories.num_classes, **TINY).get_weights()
 
     def one_step(strategy):
         with strategy.scope():
-            detector = build_detector(split.categories.num_classes, **TINY)
+            detector = build_mask_rcnn(split.categories.num_classes, **TINY)
             detector.set_weights(weights)
             set_stage(detector, "all")
             trainer = DetectorTrainer(detector, stage="all", seed=0, **take_all)
