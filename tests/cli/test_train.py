@@ -1,12 +1,13 @@
 """train.py: short CPU runs of the real training path (tiny model, tiny images)."""
 import json
 import os
-import signal
+import random
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import train
@@ -70,34 +71,59 @@ def _run_train(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_checkpoint(cityscapes_root, tmp_path):
-    out = str(tmp_path / "killed")
-    args = ["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out, "--epochs", "4"] + TINY
-    first = _run_train(args)
-    state_file = os.path.join(out, "state.json")
-    deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None:
-        if os.path.exists(state_file) and json.load(open(state_file))["epochs_done"] >= 1:
+def _steps_done(out):
+    try:
+        with open(os.path.join(out, "state.json")) as f:
+            return json.load(f)["steps_done"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _kill_when(processes, out, at_least_steps, delay):
+    """SIGKILL every process `delay` seconds after the run in `out` has saved `at_least_steps` steps."""
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if _steps_done(out) >= at_least_steps:
             break
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    state = json.load(open(state_file))
-    done = state["epochs_done"]
-    assert 1 <= done < 4, "the run should have been killed mid-way"
-    assert state["steps_done"] == 2 * done
+        time.sleep(0.05)
+    time.sleep(delay)
+    for process in processes:
+        process.kill()
+        process.wait()
 
-    second = _run_train(args + ["--resume"])
-    output, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, output
-    assert f"starting at epoch {done + 1}" in output
-    final = json.load(open(state_file))
-    assert final["epochs_done"] == 4 and final["steps_done"] == 8  # no step repeated or lost after the save
+
+def _final_weights(out):
+    import keras
+
+    return keras.saving.load_model(os.path.join(out, "last.keras"), compile=False).get_weights()
 
 
 @pytest.mark.slow
-def test_two_process_multi_worker_run(cityscapes_root, tmp_path):
+def test_sigkill_at_random_moments_then_the_same_command_ends_as_an_uninterrupted_run(cityscapes_root, tmp_path):
+    # Dropout on, a save every step, op determinism: the resumed run must match to the last bit.
+    def command(out):
+        return ["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out, "--epochs", "3",
+                "--save-every", "1", "--deterministic", "--resume"] + TINY
+
+    reference_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+    reference = _run_train(command(reference_out))  # alongside: the runs take ~15 s each, mostly start-up
+    delay = random.uniform(0.0, 1.0)  # a random moment after the first save: in a step, a save or validation
+    _kill_when([_run_train(command(out))], out, at_least_steps=1, delay=delay)
+    saved = _steps_done(out)
+    process = _run_train(command(out))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"(step {saved})" in output and 0 < saved < 6, (delay, saved, output)  # it resumed mid-way
+    reference_output, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, reference_output
+    assert _steps_done(out) == _steps_done(reference_out) == 6
+    for got, want in zip(_final_weights(out), _final_weights(reference_out)):
+        np.testing.assert_array_equal(got, want, err_msg=f"killed {delay:.2f} s after the first save")
+
+
+@pytest.mark.slow
+def test_two_process_multi_worker_run_killed_and_restarted_resumes_every_worker_at_the_chief_step(
+        cityscapes_root, tmp_path):
     ports = []
     for _ in range(2):
         with socket.socket() as s:
@@ -105,17 +131,28 @@ def test_two_process_multi_worker_run(cityscapes_root, tmp_path):
             ports.append(s.getsockname()[1])
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = str(tmp_path / "multiworker")
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(_run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
-                                 "--out", out if index == 0 else str(tmp_path / "worker1"),
-                                 "--epochs", "1", "--strategy", "multiworker"] + TINY, env=env))
+
+    def start_workers():
+        procs = []
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                                     "index": index}}))
+            procs.append(_run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
+                                     "--out", out if index == 0 else str(tmp_path / "worker1"), "--epochs", "2",
+                                     "--save-every", "1", "--strategy", "multiworker", "--resume"]
+                                    + TINY[:-2] + ["--verbose", "1"], env=env))
+        return procs
+
+    _kill_when(start_workers(), out, at_least_steps=2, delay=0.0)
+    saved = _steps_done(out)
+    assert 2 <= saved < 4
+    procs = start_workers()
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
+    assert f"worker chief: starting at step {saved}" in outputs[0], outputs[0]
+    assert f"worker other: starting at step {saved}" in outputs[1], outputs[1]  # its own --out is empty
     state = json.load(open(os.path.join(out, "state.json")))
-    assert state["epochs_done"] == 1 and state["steps_done"] == 2
-    assert os.path.exists(os.path.join(out, "last.keras"))
+    assert state["epochs_done"] == 2 and state["steps_done"] == 4
     assert not os.path.exists(os.path.join(tmp_path / "worker1", "last.keras"))  # only the chief writes
 
 
