@@ -158,7 +158,7 @@ def test_two_process_multi_worker_run_killed_and_restarted_resumes_every_worker_
 
 def test_nan_loss_ends_with_a_clear_message(cityscapes_root, tmp_path):
     out = str(tmp_path / "nan")
-    with pytest.raises(SystemExit, match="loss became nan at step 1 .*no checkpoint had been saved yet"):
+    with pytest.raises(SystemExit, match="loss became nan at step 2 .*no checkpoint had been saved yet"):
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
-                    "--epochs", "1", "--lr", "inf"] + TINY)  # the first step makes every weight non-finite
+                    "--epochs", "1", "--lr", "inf"] + TINY)  # step 1 makes every weight non-finite: step 2 fails
     assert not os.path.exists(os.path.join(out, "last.keras"))
