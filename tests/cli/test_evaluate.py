@@ -117,13 +117,24 @@ def test_cli_on_a_checkpoint_writes_everything_and_refuses_to_overwrite(tmp_path
     from models import build_pspnet
 
     root, out = str(tmp_path / "cityscapes"), str(tmp_path / "eval")
-    write_split(root, "val", num_images=2)
+    written = write_split(root, "val", num_images=2)
     model = build_pspnet(C, backbone="resnet18", base_width=8)
     checkpoint = str(tmp_path / "tiny.keras")
     model.save(checkpoint)
     metrics = evaluate.main(["--checkpoint", checkpoint, "--data", root, "--split", "val", "--out", out,
                              "--sliding", "--crop", "32", "--flip"])
-    assert 0.0 <= metrics["mIoU"] <= 1.0 and len(metrics["per_class_iou"]) == C
+    assert len(metrics["per_class_iou"]) == C
+    # The score is that of the written predictions (counted here, trainIds from cityscapesScripts' table).
+    from PIL import Image
+    train_id = np.full(256, 255)
+    for label in official_labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < C:
+            train_id[label.id] = label.trainId
+    gt = np.concatenate([train_id[ids].ravel() for _, ids in written])
+    pred = np.concatenate([train_id[np.array(Image.open(os.path.join(out, f"{i}_pred_labelIds.png")))].ravel()
+                           for i, _ in written])
+    ious, _, _ = _reference_scores(gt, pred, C)
+    assert metrics["mIoU"] == pytest.approx(np.nanmean(ious), abs=1e-9)
     names = os.listdir(out)
     assert sum(n.endswith("_pred_labelIds.png") for n in names) == 2
     assert sum(n.endswith("_pred_color.png") for n in names) == 2

@@ -1,4 +1,5 @@
 """train.py: short CPU runs of the real training path (tiny model, tiny images)."""
+import csv
 import json
 import os
 import random
@@ -40,11 +41,83 @@ def test_a_few_steps_write_checkpoints_history_curves_and_config(cityscapes_root
     files = set(os.listdir(out))
     assert {"config.json", "last.keras", "best.keras", "state.json", "history.csv", "curves.png"} <= files
     state = json.load(open(os.path.join(out, "state.json")))
-    assert state["epochs_done"] == 2 and state["steps_done"] == 4 and 0.0 <= state["best"] <= 1.0
+    assert state["epochs_done"] == 2 and state["steps_done"] == 4
+    assert state["best"] == pytest.approx(_val_miou(os.path.join(out, "best.keras"), cityscapes_root), abs=1e-5)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["backbone"] == "resnet18" and config["crop"] == [32, 32] and config["lr"] == 0.01
     with pytest.raises(SystemExit, match="--resume"):  # never trains over an existing run
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out] + TINY)
+
+    # TensorBoard: one scalar per epoch, the same numbers as history.csv.
+    history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    train_scalars = _tensorboard_scalars(os.path.join(out, "tensorboard", "train"))
+    val_scalars = _tensorboard_scalars(os.path.join(out, "tensorboard", "validation"))
+    np.testing.assert_allclose(train_scalars["epoch_loss"], [float(r["loss"]) for r in history], rtol=1e-5)
+    np.testing.assert_allclose(val_scalars["epoch_main_miou"], [float(r["val_main_miou"]) for r in history], rtol=1e-5)
+    assert state["best"] == pytest.approx(max(val_scalars["epoch_main_miou"]))
+
+
+def _val_miou(checkpoint, root):
+    """mIoU of a checkpoint on the val images, counted here: labels read with PIL, trainIds from
+    cityscapesScripts' table, IoU per class over both images (classes absent from both left out)."""
+    import keras
+    from cityscapesscripts.helpers.labels import labels as official_labels
+    from PIL import Image
+
+    from data import cityscapes
+
+    train_id = np.full(256, 255)
+    for label in official_labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < 19:
+            train_id[label.id] = label.trainId
+    model = keras.saving.load_model(checkpoint)
+    gts, preds = [], []
+    for element in cityscapes.eval_pipeline(cityscapes.read_folder(root, "val")):
+        label_path = os.path.join(root, "gtFine", "val", "testcity",
+                                  element["id"][0].numpy().decode() + "_gtFine_labelIds.png")
+        gts.append(train_id[np.array(Image.open(label_path))].ravel())
+        preds.append(np.argmax(model(element["image"], training=False)["main"][0], -1).ravel())
+    gt, pred = np.concatenate(gts), np.concatenate(preds)
+    keep = gt != 255
+    ious = []
+    for c in range(19):
+        union = np.sum(((gt == c) | (pred == c)) & keep)
+        if union:
+            ious.append(np.sum((gt == c) & (pred == c) & keep) / union)
+    return float(np.mean(ious))
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [value per step]} from the event files in `folder` (read with TensorFlow's own reader)."""
+    import tensorflow as tf
+
+    scalars = {}
+    files = sorted(tf.io.gfile.glob(os.path.join(folder, "events.out.tfevents.*")))
+    assert files, f"no event files in {folder}"
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return scalars
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--mixed-precision", "--jit-compile"])
+def test_mixed_precision_and_jit_compile_train(cityscapes_root, tmp_path, flag):
+    import keras
+
+    out = str(tmp_path / "run")
+    try:
+        assert train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
+                           "--epochs", "1", flag] + TINY) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the flag sets it for the process
+    history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert len(history) == 1 and np.isfinite(float(history[0]["loss"])) and float(history[0]["loss"]) > 0
+    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False)
+    policies = {layer.dtype_policy.name for layer in model.get_layer("backbone").layers if layer.weights}
+    assert policies == ({"mixed_bfloat16"} if flag == "--mixed-precision" else {"float32"})
+    assert json.load(open(os.path.join(out, "config.json")))[flag[2:].replace("-", "_")] is True
 
 
 def test_mirrored_two_replicas_trains(cityscapes_root, tmp_path, two_replica_strategy):
