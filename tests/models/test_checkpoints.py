@@ -172,3 +172,48 @@ def test_a_second_signal_exits_at_once(monkeypatch):
     assert stop.signal == signal.SIGINT and not exits
     stop._handle(signal.SIGINT, None)
     assert exits == [128 + signal.SIGINT]
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
+    """Mid-epoch resume: the rest of the epoch, then whole epochs, the data order of the first run,
+    the same Dropout masks and learning-rate position (a schedule that changes every step)."""
+    tf.random.set_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)).astype(np.float32), rng.normal(size=(12, 1)).astype(np.float32)
+
+    def data(skip):
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(12, seed=1).repeat().batch(2)
+        return dataset.skip(skip)
+
+    def fresh():
+        model = _model()
+        model.compile(optimizer=training.SegmentationSGD(training.poly_schedule(0.1, 12), momentum=0.9), loss="mse")
+        return model
+
+    def run(model, run_dir, start_step, state, extra=()):
+        if state is None:
+            checkpoints.prepare_run_dir(run_dir, resume=False)
+        callbacks, _ = training.standard_callbacks(run_dir, monitor="loss", mode="min", initial_state=state)
+        training.fit_from_step(model, data, start_step=start_step, steps_per_epoch=4, epochs=3,
+                               callbacks=list(extra) + callbacks, verbose=0)
+
+    uninterrupted, stopped = fresh(), fresh()
+    stopped.set_weights(uninterrupted.get_weights())
+    checkpoints.restore_seed_states(stopped, checkpoints.seed_states(uninterrupted))
+    run(uninterrupted, str(tmp_path / "a"), 0, None)
+
+    class StopAtStep6(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 6:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(SystemExit):
+        run(stopped, str(tmp_path / "b"), 0, None, extra=[StopAtStep6()])
+    state = checkpoints.prepare_run_dir(str(tmp_path / "b"), resume=True)
+    assert state["steps_done"] == 6 and state["epochs_done"] == 1  # in the middle of epoch 2
+    resumed = checkpoints.load_run_model(str(tmp_path / "b"), state)
+    run(resumed, str(tmp_path / "b"), state["steps_done"], state)
+    assert int(resumed.optimizer.iterations.numpy()) == 12
+    assert checkpoints.read_state(str(tmp_path / "b"))["epochs_done"] == 3
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
