@@ -95,13 +95,13 @@ def start_run(config, strategy=None):
     """Common start of a run: strategy, precision policy, seed, run folder (with config.json).
 
     Returns (strategy, state): state is the saved progress of the run folder
-    (models.checkpoints.read_state) when resuming, else None (always None on
+    (models.run_state.read_state) when resuming, else None (always None on
     a worker that is not the chief: it writes nothing).
     """
     import keras
     import tensorflow as tf
 
-    from models.checkpoints import RunDirError, prepare_run_dir
+    from models.run_state import RunDirError, prepare_run_dir
 
     strategy = strategy or make_strategy(config.strategy)
     check_batch_split(config, strategy.num_replicas_in_sync)

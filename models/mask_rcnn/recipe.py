@@ -98,7 +98,7 @@ def train_mask_head(config, strategy=None):
     """
     import losses  # noqa: F401  (registers what a resumed checkpoint names)
     from data import coco
-    from models.checkpoints import load_run_model
+    from models.run_state import load_run_model
     from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model
     from models.training import SegmentationSGD, WarmupStepDecay, fit_from_step, standard_callbacks
 

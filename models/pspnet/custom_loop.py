@@ -33,7 +33,7 @@ def copy_from_chief(strategy, variables):
 
 def train_custom_loop(config, strategy, state, epochs, steps_per_epoch, total_steps):
     """Trains config's run (the chief resuming from `state` when given) under `strategy`; returns the run folder."""
-    from models.checkpoints import CheckpointSaveError, checkpoint_path, restore_seed_states
+    from models.run_state import CheckpointSaveError, checkpoint_path, restore_seed_states
     from models.pspnet.recipe import build_compiled_pspnet, train_dataset
     from models.training import raise_if_interrupted, standard_callbacks
 

@@ -215,7 +215,7 @@ def train_pspnet(config, strategy=None):
     non-finite loss or a failed save (the last good checkpoint stays as it
     was), and after a stop signal (once saved).
     """
-    from models.checkpoints import load_run_model
+    from models.run_state import load_run_model
     from models.pspnet.custom_loop import train_custom_loop
     from models.training import fit_from_step, standard_callbacks
 

@@ -14,7 +14,7 @@ import pytest
 import train
 from models.pspnet import recipe
 from models.recipes import parse_config
-from cityscapes_fixtures import write_split
+from cityscapes_fixtures import official_train_ids, write_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--backbone", "resnet18", "--base-width", "8", "--crop", "32,32", "--scale-range", "0.75,1.25",
@@ -61,16 +61,12 @@ def _val_miou(checkpoint, root):
     """mIoU of a checkpoint on the val images, counted here: labels read with PIL, trainIds from
     cityscapesScripts' table, IoU per class over both images (classes absent from both left out)."""
     import keras
-    from cityscapesscripts.helpers.labels import labels as official_labels
     from PIL import Image
 
     from data import cityscapes
 
-    train_id = np.full(256, 255)
-    for label in official_labels:
-        if 0 <= label.id < 256 and 0 <= label.trainId < 19:
-            train_id[label.id] = label.trainId
-    model = keras.saving.load_model(checkpoint)
+    train_id = official_train_ids(19)
+    model = keras.saving.load_model(checkpoint, safe_mode=True)
     gts, preds = [], []
     for element in cityscapes.eval_pipeline(cityscapes.read_folder(root, "val")):
         label_path = os.path.join(root, "gtFine", "val", "testcity",
@@ -114,7 +110,7 @@ def test_mixed_precision_and_jit_compile_train(cityscapes_root, tmp_path, flag):
         keras.mixed_precision.set_global_policy("float32")  # the flag sets it for the process
     history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
     assert len(history) == 1 and np.isfinite(float(history[0]["loss"])) and float(history[0]["loss"]) > 0
-    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False)
+    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True)
     policies = {layer.dtype_policy.name for layer in model.get_layer("backbone").layers if layer.weights}
     assert policies == ({"mixed_bfloat16"} if flag == "--mixed-precision" else {"float32"})
     assert json.load(open(os.path.join(out, "config.json")))[flag[2:].replace("-", "_")] is True
@@ -127,7 +123,7 @@ def test_mirrored_two_replicas_trains(cityscapes_root, tmp_path, two_replica_str
     state = json.load(open(os.path.join(out, "state.json")))
     assert state["epochs_done"] == 1 and state["steps_done"] == 2
     import keras
-    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False)
+    model = keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True)
     synced = [layer for layer in model.get_layer("backbone").layers if hasattr(layer, "synchronized")]
     assert synced and all(layer.synchronized for layer in synced)  # sync BN under a strategy
 
@@ -168,7 +164,7 @@ def _kill_when(processes, out, at_least_steps, delay):
 def _final_weights(out):
     import keras
 
-    return keras.saving.load_model(os.path.join(out, "last.keras"), compile=False).get_weights()
+    return keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True).get_weights()
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ def test_segmentation_sgd_round_trips_with_a_model(tmp_path):
                                                      head_layers=["head"], head_lr_multiplier=10.0), loss="mse")
     model.fit(np.ones((4, 3)), np.zeros((4, 1)), epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert isinstance(loaded.optimizer, training.SegmentationSGD)
     assert loaded.optimizer.head_layers == ("head",) and loaded.optimizer.l2 == 1e-4
     assert int(loaded.optimizer.iterations.numpy()) == 1  # the schedule continues where it stopped
@@ -78,7 +78,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     y = np.zeros((8, 1), np.float32)
     callbacks, guard = training.standard_callbacks(str(tmp_path), monitor="loss", mode="min")
     model.fit(x, y, batch_size=4, epochs=1, callbacks=callbacks, verbose=0)
-    good = keras.saving.load_model(tmp_path / training.LAST_CHECKPOINT).get_weights()
+    good = keras.saving.load_model(tmp_path / training.LAST_CHECKPOINT, safe_mode=True).get_weights()
     assert guard.failed_at is None and (tmp_path / "curves.png").exists() and (tmp_path / "history.csv").exists()
 
     y_bad = y.copy()
@@ -87,7 +87,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert guard.failed_at[:2] == (1, 1)
     message = guard.message(str(tmp_path))
     assert "at step 4 (epoch 2, batch 2)" in message and "last.keras (step 2)" in message
-    after = keras.saving.load_model(tmp_path / training.LAST_CHECKPOINT).get_weights()
+    after = keras.saving.load_model(tmp_path / training.LAST_CHECKPOINT, safe_mode=True).get_weights()
     for a, b in zip(good, after):
         np.testing.assert_array_equal(a, b)
     assert json.loads((tmp_path / training.STATE_FILE).read_text())["epochs_done"] == 1

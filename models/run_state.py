@@ -76,7 +76,7 @@ def load_run_model(run_dir, state):
     """The model of a saved state, as it was when saved (its random generators included)."""
     import keras
 
-    model = keras.saving.load_model(checkpoint_path(run_dir, state))
+    model = keras.saving.load_model(checkpoint_path(run_dir, state), safe_mode=True)
     restore_seed_states(model, state.get("seed_states"))
     return model
 
