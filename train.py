@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,9 +44,14 @@ def main(argv=None):
     pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     known, _ = pre.parse_known_args(argv)
     recipe = family_recipe(known.model)
-    config = parse_config(recipe, argv, description=__doc__.split("\n\n")[0])
-    print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
-    recipe.run(config)
+    try:
+        config = parse_config(recipe, argv, description=__doc__.split("\n\n")[0])
+        print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
+        recipe.run(config)
+    except SystemExit as error:  # a user error: one line, unless --debug asks where it came from
+        if isinstance(error.code, str) and "--debug" in (sys.argv[1:] if argv is None else argv):
+            traceback.print_exc()
+        raise
     return 0
 
 

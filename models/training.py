@@ -267,20 +267,20 @@ def fit_from_step(model, dataset_fn, *, start_step, steps_per_epoch, epochs, cal
 
 
 def _interrupted(callbacks):
-    checkpoints = next(c for c in callbacks if isinstance(c, RunCheckpoints))
-    return checkpoints.guard.failed_at is not None or checkpoints.stop.signal is not None
+    saver = next(c for c in callbacks if isinstance(c, RunCheckpoints))
+    return saver.guard.failed_at is not None or saver.stop.signal is not None
 
 
 def raise_if_interrupted(callbacks):
     """After training: SystemExit with the guard's message after a non-finite loss, or after a stop signal."""
-    checkpoints = next(c for c in callbacks if isinstance(c, RunCheckpoints))
-    if checkpoints.guard.failed_at is not None:
-        raise SystemExit(checkpoints.guard.message(checkpoints.run_dir))
-    if checkpoints.stop.signal is not None:
-        steps = (checkpoints.state or {}).get("steps_done", 0)
-        print(f"stopped by {signal.Signals(checkpoints.stop.signal).name} after step {steps}, saved in "
-              f"{checkpoints.run_dir}; run the same command with --resume to continue", file=sys.stderr, flush=True)
-        raise SystemExit(128 + checkpoints.stop.signal)
+    saver = next(c for c in callbacks if isinstance(c, RunCheckpoints))
+    if saver.guard.failed_at is not None:
+        raise SystemExit(saver.guard.message(saver.run_dir))
+    if saver.stop.signal is not None:
+        steps = (saver.state or {}).get("steps_done", 0)
+        print(f"stopped by {signal.Signals(saver.stop.signal).name} after step {steps}, saved in "
+              f"{saver.run_dir}; run the same command with --resume to continue", file=sys.stderr, flush=True)
+        raise SystemExit(128 + saver.stop.signal)
 
 
 class TrainingCurves(keras.callbacks.Callback):

@@ -33,19 +33,20 @@ def copy_from_chief(strategy, variables):
 
 def train_custom_loop(config, strategy, state, epochs, steps_per_epoch, total_steps):
     """Trains config's run (the chief resuming from `state` when given) under `strategy`; returns the run folder."""
-    from models.run_state import CheckpointSaveError, load_run_model
+    from models.run_state import CheckpointSaveError, checkpoint_path, restore_seed_states
     from models.pspnet.recipe import build_compiled_pspnet, train_dataset
     from models.training import raise_if_interrupted, standard_callbacks
 
     chief = is_chief(strategy)
+    # Every worker creates the same variables in the same order (the strategy pairs their creation
+    # across workers); only then does the chief read its checkpoint into them.
     with strategy.scope():
-        if state:
-            model = load_run_model(config.out, state)
-        else:
-            model = build_compiled_pspnet(config, total_steps, sync_bn=strategy.num_replicas_in_sync > 1)
+        model = build_compiled_pspnet(config, total_steps, sync_bn=strategy.num_replicas_in_sync > 1)
         optimizer = model.optimizer
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)  # its slots exist before the chief's values come in
+        optimizer.build(model.trainable_variables)  # its slots exist before the chief's values come in
+    if state:
+        model.load_weights(checkpoint_path(config.out, state))  # weights and optimizer state
+        restore_seed_states(model, state.get("seed_states"))
     copy_from_chief(strategy, list(model.variables) + list(optimizer.variables))
     start_step = int(optimizer.iterations.numpy())
     if config.verbose:

@@ -27,3 +27,14 @@ def write_split(root, split, *, num_images=2, size=(48, 64), seed=0):
         Image.fromarray(label_ids).save(os.path.join(label_dir, f"{example_id}_gtFine_labelIds.png"))
         out.append((example_id, label_ids))
     return out
+
+
+def official_train_ids(num_classes=19):
+    """labelId -> trainId lookup (256 entries, 255 = ignore) from cityscapesScripts' own table."""
+    from cityscapesscripts.helpers.labels import labels
+
+    table = np.full(256, 255)
+    for label in labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < num_classes:
+            table[label.id] = label.trainId
+    return table

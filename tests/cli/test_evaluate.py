@@ -10,7 +10,7 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as offic
 from cityscapesscripts.helpers.labels import labels as official_labels
 
 import evaluate
-from cityscapes_fixtures import write_split
+from cityscapes_fixtures import official_train_ids, write_split
 from data import cityscapes
 
 C = 19
@@ -117,12 +117,20 @@ def test_cli_on_a_checkpoint_writes_everything_and_refuses_to_overwrite(tmp_path
     from models import build_pspnet
 
     root, out = str(tmp_path / "cityscapes"), str(tmp_path / "eval")
-    write_split(root, "val", num_images=2)
+    written = write_split(root, "val", num_images=2)
     model = build_pspnet(C, backbone="resnet18", base_width=8)
     checkpoint = str(tmp_path / "tiny.keras")
     model.save(checkpoint)
     metrics = evaluate.main(["--checkpoint", checkpoint, "--data", root, "--split", "val", "--out", out,
                              "--sliding", "--crop", "32", "--flip"])
+    # The score is that of the written predictions (counted here, trainIds from cityscapesScripts' table).
+    from PIL import Image
+    train_id = official_train_ids(C)
+    gt = np.concatenate([train_id[ids].ravel() for _, ids in written])
+    pred = np.concatenate([train_id[np.array(Image.open(os.path.join(out, f"{i}_pred_labelIds.png")))].ravel()
+                           for i, _ in written])
+    ious, _, _ = _reference_scores(gt, pred, C)
+    assert metrics["mIoU"] == pytest.approx(np.nanmean(ious), abs=1e-9)
     assert 0.0 <= metrics["mIoU"] <= 1.0 and len(metrics["per_class_iou"]) == C
     names = os.listdir(out)
     assert sum(n.endswith("_pred_labelIds.png") for n in names) == 2

@@ -1,18 +1,20 @@
 """train.py: short CPU runs of the real training path (tiny model, tiny images)."""
+import csv
 import json
 import os
-import signal
+import random
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import train
 from models.pspnet import recipe
 from models.recipes import parse_config
-from cityscapes_fixtures import write_split
+from cityscapes_fixtures import official_train_ids, write_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--backbone", "resnet18", "--base-width", "8", "--crop", "32,32", "--scale-range", "0.75,1.25",
@@ -39,11 +41,79 @@ def test_a_few_steps_write_checkpoints_history_curves_and_config(cityscapes_root
     files = set(os.listdir(out))
     assert {"config.json", "last.keras", "best.keras", "state.json", "history.csv", "curves.png"} <= files
     state = json.load(open(os.path.join(out, "state.json")))
-    assert state["epochs_done"] == 2 and state["steps_done"] == 4 and 0.0 <= state["best"] <= 1.0
+    assert state["epochs_done"] == 2 and state["steps_done"] == 4
+    assert state["best"] == pytest.approx(_val_miou(os.path.join(out, "best.keras"), cityscapes_root), abs=1e-5)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["backbone"] == "resnet18" and config["crop"] == [32, 32] and config["lr"] == 0.01
     with pytest.raises(SystemExit, match="--resume"):  # never trains over an existing run
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out] + TINY)
+
+    # TensorBoard: one scalar per epoch, the same numbers as history.csv.
+    history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    train_scalars = _tensorboard_scalars(os.path.join(out, "tensorboard", "train"))
+    val_scalars = _tensorboard_scalars(os.path.join(out, "tensorboard", "validation"))
+    np.testing.assert_allclose(train_scalars["epoch_loss"], [float(r["loss"]) for r in history], rtol=1e-5)
+    np.testing.assert_allclose(val_scalars["epoch_main_miou"], [float(r["val_main_miou"]) for r in history], rtol=1e-5)
+    assert state["best"] == pytest.approx(max(val_scalars["epoch_main_miou"]))
+
+
+def _val_miou(checkpoint, root):
+    """mIoU of a checkpoint on the val images, counted here: labels read with PIL, trainIds from
+    cityscapesScripts' table, IoU per class over both images (classes absent from both left out)."""
+    import keras
+    from PIL import Image
+
+    from data import cityscapes
+
+    train_id = official_train_ids(19)
+    model = keras.saving.load_model(checkpoint, safe_mode=True)
+    gts, preds = [], []
+    for element in cityscapes.eval_pipeline(cityscapes.read_folder(root, "val")):
+        label_path = os.path.join(root, "gtFine", "val", "testcity",
+                                  element["id"][0].numpy().decode() + "_gtFine_labelIds.png")
+        gts.append(train_id[np.array(Image.open(label_path))].ravel())
+        preds.append(np.argmax(model(element["image"], training=False)["main"][0], -1).ravel())
+    gt, pred = np.concatenate(gts), np.concatenate(preds)
+    keep = gt != 255
+    ious = []
+    for c in range(19):
+        union = np.sum(((gt == c) | (pred == c)) & keep)
+        if union:
+            ious.append(np.sum((gt == c) & (pred == c) & keep) / union)
+    return float(np.mean(ious))
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [value per step]} from the event files in `folder` (read with TensorFlow's own reader)."""
+    import tensorflow as tf
+
+    scalars = {}
+    files = sorted(tf.io.gfile.glob(os.path.join(folder, "events.out.tfevents.*")))
+    assert files, f"no event files in {folder}"
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return scalars
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--mixed-precision", "--jit-compile"])
+def test_mixed_precision_and_jit_compile_train(cityscapes_root, tmp_path, flag):
+    import keras
+
+    out = str(tmp_path / "run")
+    try:
+        assert train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
+                           "--epochs", "1", flag] + TINY) == 0
+        policy = keras.mixed_precision.global_policy().name  # what the model was built under
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the flag sets it for the process
+    assert policy == ("mixed_bfloat16" if flag == "--mixed-precision" else "float32")  # a CPU: bfloat16
+    history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert len(history) == 1 and np.isfinite(float(history[0]["loss"])) and float(history[0]["loss"]) > 0
+    keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True)  # loads
+    assert json.load(open(os.path.join(out, "config.json")))[flag[2:].replace("-", "_")] is True
 
 
 def test_mirrored_two_replicas_trains(cityscapes_root, tmp_path, two_replica_strategy):
@@ -70,34 +140,59 @@ def _run_train(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_checkpoint(cityscapes_root, tmp_path):
-    out = str(tmp_path / "killed")
-    args = ["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out, "--epochs", "4"] + TINY
-    first = _run_train(args)
-    state_file = os.path.join(out, "state.json")
-    deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None:
-        if os.path.exists(state_file) and json.load(open(state_file))["epochs_done"] >= 1:
+def _steps_done(out):
+    try:
+        with open(os.path.join(out, "state.json")) as f:
+            return json.load(f)["steps_done"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _kill_when(processes, out, at_least_steps, delay):
+    """SIGKILL every process `delay` seconds after the run in `out` has saved `at_least_steps` steps."""
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if _steps_done(out) >= at_least_steps:
             break
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    state = json.load(open(state_file))
-    done = state["epochs_done"]
-    assert 1 <= done < 4, "the run should have been killed mid-way"
-    assert state["steps_done"] == 2 * done
+        time.sleep(0.05)
+    time.sleep(delay)
+    for process in processes:
+        process.kill()
+        process.wait()
 
-    second = _run_train(args + ["--resume"])
-    output, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, output
-    assert f"starting at epoch {done + 1}" in output
-    final = json.load(open(state_file))
-    assert final["epochs_done"] == 4 and final["steps_done"] == 8  # no step repeated or lost after the save
+
+def _final_weights(out):
+    import keras
+
+    return keras.saving.load_model(os.path.join(out, "last.keras"), compile=False, safe_mode=True).get_weights()
 
 
 @pytest.mark.slow
-def test_two_process_multi_worker_run(cityscapes_root, tmp_path):
+def test_sigkill_at_random_moments_then_the_same_command_ends_as_an_uninterrupted_run(cityscapes_root, tmp_path):
+    # Dropout on, a save every step, op determinism: the resumed run must match to the last bit.
+    def command(out):
+        return ["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out, "--epochs", "3",
+                "--save-every", "1", "--deterministic", "--resume"] + TINY
+
+    reference_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+    reference = _run_train(command(reference_out))  # alongside: the runs take ~15 s each, mostly start-up
+    delay = random.uniform(0.0, 1.0)  # a random moment after the first save: in a step, a save or validation
+    _kill_when([_run_train(command(out))], out, at_least_steps=1, delay=delay)
+    saved = _steps_done(out)
+    process = _run_train(command(out))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"(step {saved})" in output and 0 < saved < 6, (delay, saved, output)  # it resumed mid-way
+    reference_output, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, reference_output
+    assert _steps_done(out) == _steps_done(reference_out) == 6
+    for got, want in zip(_final_weights(out), _final_weights(reference_out)):
+        np.testing.assert_array_equal(got, want, err_msg=f"killed {delay:.2f} s after the first save")
+
+
+@pytest.mark.slow
+def test_two_process_multi_worker_run_killed_and_restarted_resumes_every_worker_at_the_chief_step(
+        cityscapes_root, tmp_path):
     ports = []
     for _ in range(2):
         with socket.socket() as s:
@@ -105,23 +200,34 @@ def test_two_process_multi_worker_run(cityscapes_root, tmp_path):
             ports.append(s.getsockname()[1])
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = str(tmp_path / "multiworker")
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(_run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
-                                 "--out", out if index == 0 else str(tmp_path / "worker1"),
-                                 "--epochs", "1", "--strategy", "multiworker"] + TINY, env=env))
+
+    def start_workers():
+        procs = []
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                                     "index": index}}))
+            procs.append(_run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
+                                     "--out", out if index == 0 else str(tmp_path / "worker1"), "--epochs", "2",
+                                     "--save-every", "1", "--strategy", "multiworker", "--resume"]
+                                    + TINY[:-2] + ["--verbose", "1"], env=env))
+        return procs
+
+    _kill_when(start_workers(), out, at_least_steps=2, delay=0.0)
+    saved = _steps_done(out)
+    assert 2 <= saved < 4
+    procs = start_workers()
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
+    assert f"worker chief: starting at step {saved}" in outputs[0], outputs[0]
+    assert f"worker other: starting at step {saved}" in outputs[1], outputs[1]  # its own --out is empty
     state = json.load(open(os.path.join(out, "state.json")))
-    assert state["epochs_done"] == 1 and state["steps_done"] == 2
-    assert os.path.exists(os.path.join(out, "last.keras"))
+    assert state["epochs_done"] == 2 and state["steps_done"] == 4
     assert not os.path.exists(os.path.join(tmp_path / "worker1", "last.keras"))  # only the chief writes
 
 
 def test_nan_loss_ends_with_a_clear_message(cityscapes_root, tmp_path):
     out = str(tmp_path / "nan")
-    with pytest.raises(SystemExit, match="loss became nan at step 1 .*no checkpoint had been saved yet"):
+    with pytest.raises(SystemExit, match="loss became nan at step 2 .*no checkpoint had been saved yet"):
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
-                    "--epochs", "1", "--lr", "inf"] + TINY)  # the first step makes every weight non-finite
+                    "--epochs", "1", "--lr", "inf"] + TINY)  # step 1 makes every weight non-finite: step 2 fails
     assert not os.path.exists(os.path.join(out, "last.keras"))

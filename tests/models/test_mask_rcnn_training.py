@@ -139,7 +139,10 @@ def test_short_training_lowers_the_losses_and_oracle_prediction_runs_end_to_end(
         assert results == coco_data.segm_results(dense, val.categories)
         metrics = coco_data.evaluate_segm(val.coco, results)
         assert set(metrics) == set(coco_data.SEGM_METRICS)
-        assert 0.0 <= metrics["segm_AP"] <= 1.0
+        # Measured on this sample (2-core CPU; the run's randomness depends on what ran before in the
+        # process): AP50 0.47-0.84 with predicted classes, 0.96 with the true ones. Masks pasted in the
+        # wrong place or at the wrong scale, or results with wrong ids, score near 0.
+        assert metrics["segm_AP50"] > (0.4 if source == "ground_truth" else 0.2), (source, metrics)
 
 
 def test_oracle_prediction_maps_boxes_back_to_the_original_size(sample):

@@ -1,4 +1,4 @@
-"""The run's resumable state as one atomic unit: a save stopped at any point, or failing for a full disk,
+"""models/run_state.py: the run's resumable state as one atomic unit: a save stopped at any point, or failing for a full disk,
 leaves a state that loads and agrees with itself; stop signals end training after one save."""
 import errno
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import run_state as checkpoints, training
+from models import run_state, training
 
 
 class Killed(BaseException):
@@ -36,20 +36,20 @@ def _step(model, weights=None):
 
 
 def _save(model, run_dir, previous):
-    return checkpoints.save_run_state(model, run_dir, steps_done=int(model.optimizer.iterations.numpy()),
+    return run_state.save_run_state(model, run_dir, steps_done=int(model.optimizer.iterations.numpy()),
                                       epochs_done=0, best=None, monitor="loss", best_improved=False,
                                       previous=previous, epoch_file="epoch_001.keras")
 
 
 def _check_consistent(run_dir, weights_at_step):
     """The manifest's checkpoint loads, is at the manifest's step, and holds that step's weights."""
-    state = checkpoints.prepare_run_dir(run_dir, resume=True)  # also repairs last.keras
-    model = checkpoints.load_run_model(run_dir, state)
+    state = run_state.prepare_run_dir(run_dir, resume=True)  # also repairs last.keras
+    model = run_state.load_run_model(run_dir, state)
     step = int(model.optimizer.iterations.numpy())
     assert step == state["steps_done"]
     for got, want in zip(model.get_weights(), weights_at_step[step]):
         np.testing.assert_array_equal(got, want)
-    last = keras.saving.load_model(os.path.join(run_dir, checkpoints.LAST_CHECKPOINT), safe_mode=True)
+    last = keras.saving.load_model(os.path.join(run_dir, run_state.LAST_CHECKPOINT), safe_mode=True)
     assert int(last.optimizer.iterations.numpy()) == step
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]
     return step
@@ -72,13 +72,13 @@ def test_a_save_killed_at_each_write_leaves_a_consistent_state(tmp_path, monkeyp
             raise Killed
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoints.os, "replace", replace)
+    monkeypatch.setattr(run_state.os, "replace", replace)
     try:
         _save(model, run_dir, state)
         reached_end = True
     except Killed:
         reached_end = False
-    monkeypatch.setattr(checkpoints.os, "replace", real_replace)
+    monkeypatch.setattr(run_state.os, "replace", real_replace)
     step = _check_consistent(run_dir, weights)
     committed = point > 2 or reached_end  # the second rename is the commit
     assert step == (2 if committed else 1), calls
@@ -89,8 +89,8 @@ def test_resume_restores_the_random_generators(tmp_path):
     model = _model()
     _step(model)
     state = _save(model, run_dir, None)
-    loaded = checkpoints.load_run_model(run_dir, state)
-    assert checkpoints.seed_states(loaded) == checkpoints.seed_states(model)
+    loaded = run_state.load_run_model(run_dir, state)
+    assert run_state.seed_states(loaded) == run_state.seed_states(model)
     x = np.ones((4, 3), np.float32)
     np.testing.assert_array_equal(loaded(x, training=True), model(x, training=True))  # same Dropout mask
 
@@ -112,13 +112,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     if where == "model":
         monkeypatch.setattr(model, "save", full)
     else:
-        monkeypatch.setattr(checkpoints.json, "dump", lambda data, f, **kw: full(f.name))
-    with pytest.raises(checkpoints.CheckpointSaveError) as error:
+        monkeypatch.setattr(run_state.json, "dump", lambda data, f, **kw: full(f.name))
+    with pytest.raises(run_state.CheckpointSaveError) as error:
         _save(model, run_dir, state)
     message = str(error.value)
     assert "No space left on device" in message and "step 2" in message
     assert f"{os.path.join(run_dir, state['checkpoint'])} (step 1) is intact" in message
-    assert checkpoints.read_state(run_dir) == state
+    assert run_state.read_state(run_dir) == state
     assert _check_consistent(run_dir, weights) == 1
 
 
@@ -172,3 +172,48 @@ def test_a_second_signal_exits_at_once(monkeypatch):
     assert stop.signal == signal.SIGINT and not exits
     stop._handle(signal.SIGINT, None)
     assert exits == [128 + signal.SIGINT]
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
+    """Mid-epoch resume: the rest of the epoch, then whole epochs, the data order of the first run,
+    the same Dropout masks and learning-rate position (a schedule that changes every step)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)).astype(np.float32), rng.normal(size=(12, 1)).astype(np.float32)
+
+    def data(skip):
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(12, seed=1).repeat().batch(2)
+        return dataset.skip(skip)
+
+    def fresh():
+        model = _model()
+        model.compile(optimizer=training.SegmentationSGD(training.poly_schedule(0.02, 12), momentum=0.9), loss="mse")
+        return model
+
+    def run(model, run_dir, start_step, state, extra=()):
+        if state is None:
+            run_state.prepare_run_dir(run_dir, resume=False)
+        callbacks, _ = training.standard_callbacks(run_dir, monitor="loss", mode="min", initial_state=state)
+        training.fit_from_step(model, data, start_step=start_step, steps_per_epoch=4, epochs=3,
+                               callbacks=list(extra) + callbacks, verbose=0)
+
+    uninterrupted, stopped = fresh(), fresh()
+    stopped.set_weights(uninterrupted.get_weights())
+    run_state.restore_seed_states(stopped, run_state.seed_states(uninterrupted))
+    run(uninterrupted, str(tmp_path / "a"), 0, None)
+
+    class StopAtStep6(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 6:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(SystemExit):
+        run(stopped, str(tmp_path / "b"), 0, None, extra=[StopAtStep6()])
+    state = run_state.prepare_run_dir(str(tmp_path / "b"), resume=True)
+    assert state["steps_done"] == 6 and state["epochs_done"] == 1  # in the middle of epoch 2
+    resumed = run_state.load_run_model(str(tmp_path / "b"), state)
+    run(resumed, str(tmp_path / "b"), state["steps_done"], state)
+    assert int(resumed.optimizer.iterations.numpy()) == 12
+    assert run_state.read_state(str(tmp_path / "b"))["epochs_done"] == 3
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

@@ -109,3 +109,22 @@ def test_checkpoints_keep_the_best_and_rotate_epoch_files(tmp_path):
     assert [f for f in files if f.startswith("epoch_")] == ["epoch_003.keras", "epoch_004.keras"]
     assert json.loads((tmp_path / training.STATE_FILE).read_text())["best"] == pytest.approx(0.7)
     assert {"best.keras", "last.keras", "curves.png"} <= set(files)
+
+
+def test_on_a_real_pspnet_exactly_the_ppm_head_and_aux_variables_get_the_head_learning_rate():
+    from models.pspnet.model import build_pspnet, head_layer_names
+
+    model = build_pspnet(5, backbone="resnet18", base_width=8, input_shape=(32, 32, 3))
+    optimizer = training.SegmentationSGD(0.1, momentum=0.0, l2=0.0, head_layers=head_layer_names(model),
+                                         head_lr_multiplier=10.0)
+    variables = model.trainable_variables
+    backbone = {id(v) for v in model.get_layer("backbone").trainable_variables}
+    # The new layers, named independently of head_layer_names: the PSPNet graph's ppm*, head_*, aux* layers.
+    new_layers = [layer for layer in model.layers if layer.name.startswith(("ppm", "head_", "aux"))]
+    new = {id(v) for layer in new_layers for v in layer.trainable_variables}
+    assert backbone and new and not backbone & new and backbone | new == {id(v) for v in variables}
+    before = [v.numpy().copy() for v in variables]
+    optimizer.apply_gradients([(tf.ones_like(v), v) for v in variables])
+    for v, old in zip(variables, before):
+        step = old - v.numpy()  # lr x gradient of ones
+        np.testing.assert_allclose(step, 1.0 if id(v) in new else 0.1, rtol=1e-5, err_msg=v.path)
