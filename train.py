@@ -1,4 +1,4 @@
-"""Train PSPNet on Cityscapes (and, with --model mask_rcnn, the Mask R-CNN mask head on COCO).
+"""Train PSPNet on Cityscapes, or (--model mask_rcnn) the Mask R-CNN detector on COCO.
 
     python train.py                      # the demo: sample data, small PSPNet, CPU, a few minutes
     python train.py --preset pspnet101_cityscapes_713 --data /data/cityscapes --out runs/psp101
@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import sys
-import traceback
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,14 +43,13 @@ def main(argv=None):
     pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     known, _ = pre.parse_known_args(argv)
     recipe = family_recipe(known.model)
-    try:
+    from data import cli_checks
+
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    with cli_checks.user_errors(debug):  # a user error: one line, unless --debug asks where it came from
         config = parse_config(recipe, argv, description=__doc__.split("\n\n")[0])
         print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
         recipe.run(config)
-    except SystemExit as error:  # a user error: one line, unless --debug asks where it came from
-        if isinstance(error.code, str) and "--debug" in (sys.argv[1:] if argv is None else argv):
-            traceback.print_exc()
-        raise
     return 0
 
 

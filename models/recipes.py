@@ -25,11 +25,14 @@ def _parse_tuple(text, cast, pair):
 
 def build_parser(config_class, presets, description=None):
     """Flags for every field of config_class (default None = keep the preset's value)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from data import cli_checks
+
+    parser = cli_checks.ArgumentParser(description=description,
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--preset", choices=sorted(presets), default=None,
                         help="named recipe (default: the demo when no --data is given)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
+    cli_checks.add_debug_flag(parser)
     defaults = config_class()
     for field in dataclasses.fields(config_class):
         if field.name == "preset":
@@ -123,48 +126,46 @@ def start_run(config, strategy=None):
 
 
 # ----------------------------------------------------------------------------
-# Checks of a resolved config: one line naming the flag (SystemExit), before anything is built
+# Checks of a resolved config (data/cli_checks.py: UsageError, one line naming the flag)
 # ----------------------------------------------------------------------------
 
 def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def _text(value):
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def check_positive(config, names):
     """Every field in `names` (a number or a tuple of numbers) is > 0."""
+    from data import cli_checks
+
     for name in names:
         value = getattr(config, name)
-        if any(not v > 0 for v in (value if isinstance(value, tuple) else (value,))):
-            raise SystemExit(f"{_flag(name)} {_text(value)}: must be positive")
+        for v in value if isinstance(value, tuple) else (value,):
+            cli_checks.check_positive(_flag(name), v)
 
 
 def check_not_negative(config, names):
     """Every field in `names` is >= 0 (0 meaning "off" or "all")."""
+    from data import cli_checks
+
     for name in names:
-        if getattr(config, name) < 0:
-            raise SystemExit(f"{_flag(name)} {getattr(config, name)}: must be 0 or more")
+        cli_checks.check_non_negative(_flag(name), getattr(config, name))
 
 
 def check_choice(config, name, choices):
-    value = getattr(config, name)
-    if value not in choices:
-        raise SystemExit(f"{_flag(name)} {value}: unknown; choose one of {', '.join(map(str, choices))}")
+    from data import cli_checks
+
+    cli_checks.check_choice(_flag(name), getattr(config, name), choices)
 
 
 def check_out_outside_data(config):
     """The run folder must not lie inside the dataset (a dataset is read, never written)."""
-    data, out = os.path.realpath(config.data), os.path.realpath(config.out)
-    if out == data or out.startswith(data.rstrip(os.sep) + os.sep):
-        raise SystemExit(f"--out {config.out}: lies inside the dataset folder --data {config.data}; "
-                         "choose a run folder outside it")
+    from data import cli_checks
+
+    cli_checks.check_output_outside("--out", config.out, "--data", config.data)
 
 
 def check_batch_split(config, replicas):
     """The global batch splits evenly over the replicas."""
-    if config.batch_size % replicas:
-        raise SystemExit(f"--batch-size {config.batch_size}: does not split over {replicas} replicas; "
-                         f"use a multiple of {replicas}")
+    from data import cli_checks
+
+    cli_checks.check_divisible("--batch-size", config.batch_size, replicas, "replicas")
