@@ -80,7 +80,7 @@ CONFIG = DetectorConfig  # what train.py builds the flags from
 
 
 def check_config(config):
-    """One-line SystemExit naming the flag for a setting no run can use."""
+    """A setting no run can use: data.cli_checks.UsageError (or SystemExit), one line naming the flag."""
     from models.mask_rcnn.detector_trainer import MASK_ROIS, STAGES
 
     check_choice(config, "stage", STAGES)

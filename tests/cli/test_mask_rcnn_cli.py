@@ -47,11 +47,14 @@ def _scored_again(gt, results_path, iou_type):
 
 def _detector_file(path, background_logit):
     """A tiny untrained detector whose background logit is fixed: -50 detects (nearly) everywhere, 50 nowhere."""
-    from models.mask_rcnn.detector_io import build_detector
+    from models.mask_rcnn import build_mask_rcnn
 
-    detector = build_detector(5, category_ids=(1, 3, 18, 44, 62), base_width=8, fpn_channels=16,
-                              mask_head_channels=8, box_head_units=32)
-    detector.get_layer("box_head").class_logits.bias.assign(np.array([background_logit] + [0.0] * 5, np.float32))
+    detector = build_mask_rcnn(5, category_ids=(1, 3, 18, 44, 62), base_width=8, fpn_channels=16,
+                               mask_head_channels=8, box_head_units=32)
+    # Logits = the bias alone (a zero kernel), whatever the random features.
+    classifier = detector.get_layer("box_head").class_logits
+    classifier.kernel.assign(np.zeros(classifier.kernel.shape, np.float32))
+    classifier.bias.assign(np.array([background_logit] + [0.0] * 5, np.float32))
     detector.save(path)
     return path
 
@@ -131,7 +134,7 @@ def test_a_model_that_sees_no_object_writes_empty_results_and_plain_overlays(roo
 
 
 def test_bad_stage_and_mask_rois_are_refused_in_one_line(root, tmp_path):
-    with pytest.raises(SystemExit, match="--stage full"):
+    with pytest.raises(SystemExit, match="--stage 'full' is not one of heads, mask_head, all"):
         _train(root, str(tmp_path / "run"), "--stage", "full")
     with pytest.raises(SystemExit, match="--mask-rois"):
         _train(root, str(tmp_path / "run"), "--stage", "mask_head", "--mask-rois", "boxes")

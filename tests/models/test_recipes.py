@@ -40,9 +40,10 @@ def test_pspnet_flags_no_run_can_use_are_named(tmp_path, flags, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--stage", "full"], "--stage full: only mask_head exists so far"),
-    (["--depth", "7"], "--depth 7 is not one of 18, 34, 50, 101, 152"),
-    (["--num-rois", "0"], "--num-rois must be positive, got 0"),
+    (["--stage", "full"], "--stage 'full' is not one of heads, mask_head, all"),
+    (["--backbone", "resnet7"], "--backbone 'resnet7' is not one of resnet50, resnet101"),
+    (["--box-batch-size", "0"], "--box-batch-size must be positive, got 0"),
+    (["--trainable-backbone-stages", "6"], "--trainable-backbone-stages 6: at most 5"),
     (["--steps", "0"], "--steps must be positive, got 0"),
     (["--short-side", "-1"], "--short-side must be positive, got -1"),
 ])
@@ -53,7 +54,7 @@ def test_mask_rcnn_flags_no_run_can_use_are_named(tmp_path, flags, message):
 
 def test_good_flags_pass(tmp_path):
     assert _checked(pspnet_recipe, tmp_path, "--backbone", "resnet50", "--crop", "512").crop == (512, 512)
-    assert _checked(mask_recipe, tmp_path, "--model", "mask_rcnn", "--depth", "18").depth == 18
+    assert _checked(mask_recipe, tmp_path, "--model", "mask_rcnn", "--stage", "heads").stage == "heads"
 
 
 @pytest.mark.parametrize("recipe", [pspnet_recipe, mask_recipe])
