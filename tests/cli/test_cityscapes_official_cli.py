@@ -26,14 +26,9 @@ def test_csEvalPixelLevelSemanticLabeling_reads_our_folder_and_agrees(tmp_path):
     export.mkdir()
     env = {**os.environ, "CITYSCAPES_DATASET": str(root), "CITYSCAPES_RESULTS": str(out),
            "CITYSCAPES_EXPORT_DIR": str(export)}
-    # The csEvalPixelLevelSemanticLabeling entry point, run with np.in1d restored: cityscapesScripts 2.3.0
-    # calls np.in1d (its instance-level scores), which NumPy 2.4 removed (np.isin is the same function).
-    # Without NumPy 2.4 this is exactly the installed console script.
-    command = ("import numpy as np\n"
-               "if not hasattr(np, 'in1d'): np.in1d = np.isin\n"
-               "from cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling import main\n"
-               "main()\n")
-    run = subprocess.run([sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=600)
+    # The official console script, as installed beside this Python (the same environment a user has).
+    command = os.path.join(os.path.dirname(sys.executable), "csEvalPixelLevelSemanticLabeling")
+    run = subprocess.run([command], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "multiple predictions" not in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
     with open(export / "resultPixelLevelSemanticLabeling.json") as f:
         official = json.load(f)
