@@ -16,7 +16,9 @@ Peak memory of each side: benchmarks.memory (its torchvision probe takes the
 photo from here, so TensorFlow and the models are imported inside the
 functions that use them).
 """
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -45,6 +47,7 @@ def converted_models(quick):
     """(torchvision .pth path or None, our .keras path) of the benchmark's weights, written once to a temp folder."""
     if quick not in _CONVERTED:
         folder = tempfile.mkdtemp(prefix="detector_benchmark_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # ~350 MB of weights
         keras_path = os.path.join(folder, "maskrcnn.keras")
         if quick:
             from models.mask_rcnn.detector import build_mask_rcnn
