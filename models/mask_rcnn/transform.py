@@ -61,9 +61,10 @@ def _graph(model):
     """The model's inference call as one TensorFlow graph (traced once per model and input shape).
 
     Called eagerly instead, the detector on one 800 x 1333 photo peaked at
-    4.3 GB RSS against 1.x GB as a graph (BENCHMARKS.md, section 4), and ran slower.
-    Not model.predict_on_batch: on an accelerator Keras would XLA-compile it,
-    and combined_non_max_suppression has no XLA kernel.
+    4.3 GB RSS against 1.5 GB as a graph (BENCHMARKS.md, section 4b), and ran
+    slower. Not model.predict_on_batch: Keras's jit_compile="auto" turns XLA on
+    where it finds a GPU, and the graph's NMS ops are not meant for XLA (not
+    tried on a GPU).
     """
     if model not in _GRAPHS:
         owner = weakref.ref(model)  # the cache must not keep the model alive
