@@ -70,9 +70,10 @@ def converted_models(quick):
 
 
 def load_ours(keras_path):
+    """The converted detector, loaded as a user loads it (safe mode)."""
     import keras
 
-    return keras.saving.load_model(keras_path)
+    return keras.saving.load_model(keras_path, safe_mode=True)
 
 
 def network_function(model):
