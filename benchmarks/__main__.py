@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME ...] [--json OUT.json]"""
+"""python -m benchmarks [--quick] [--only NAME ...] [--threads N] [--json OUT.json]"""
 import argparse
 import datetime
 import json
@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # steps here, see BENCHMARKS.md. TF_ENABLE_ONEDNN_OPTS=0 in the environment turns them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-AREAS = ("losses", "pipeline", "coco_input", "pspnet", "mask_rcnn", "memory")
+AREAS = ("losses", "pipeline", "coco_input", "pspnet", "mask_rcnn", "detector", "memory")
 
 
 def _format(results, judge=True):
@@ -30,11 +30,25 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check that the harness works")
     parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS))
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads of TensorFlow (intra- and inter-op) and torch alike (default: all cores)")
     args = parser.parse_args(argv)
 
     import importlib
 
+    try:  # the detector's reference; torchvision must be imported before TensorFlow (it loads triton)
+        import torch
+        import torchvision  # noqa: F401
+
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(args.threads)
+    except ImportError:
+        pass
     import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    os.environ["BENCHMARK_THREADS"] = str(args.threads)  # for benchmarks.memory's subprocesses
 
     from benchmarks import harness
     from benchmarks.harness import machine_description
@@ -52,11 +66,15 @@ def main(argv=None):
     print(_format(results, judge=not args.quick))
     if args.quick:
         print("\n(--quick: tiny sizes, a smoke check of the harness; targets are judged on full runs only)")
+    load = os.getloadavg()
+    print(f"\n{args.threads} threads; load average at the end (1 / 5 / 15 min): {load[0]:.1f} / {load[1]:.1f} / "
+          f"{load[2]:.1f} on {os.cpu_count()} cores")
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "versions": {"tensorflow": tf.__version__, "keras": __import__("keras").__version__},
         "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "threads": args.threads, "load_average": os.getloadavg(),
         "results": [r.__dict__ for r in results],
     }
     if args.json:

@@ -48,6 +48,22 @@ def median_time(fn, *, warmup=1, repeats=3, min_seconds=None, max_repeats=200):
     return statistics.median(times)
 
 
+def alternating_median_times(fns, *, warmup=1, repeats=3):
+    """Median wall time of each of fns, called in turn (fn0, fn1, ..., fn0, fn1, ...) after `warmup` rounds.
+
+    For ratios of slow calls on a shared machine: a burst of other load
+    slows every side alike instead of whichever happened to run during it.
+    """
+    times = [[] for _ in fns]
+    for round_ in range(warmup + repeats):
+        for fn, own in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                own.append(time.perf_counter() - start)
+    return [statistics.median(own) for own in times]
+
+
 def peak_rss_mib():
     """Peak resident set size of this process's own memory so far (VmHWM).
 

@@ -1,10 +1,6 @@
-"""Mask R-CNN: multi-level RoIAlign, mask pasting (ours vs a per-instance PIL loop), the heads' training step
-and the heads model's inference.
+"""Mask R-CNN: multi-level RoIAlign, mask pasting (ours vs a per-instance PIL loop) and the heads' training step.
 
-The RPN and box branch are not implemented yet (a later issue), so "inference"
-here is the heads model on given (oracle) boxes: backbone + FPN + RoIAlign +
-class and mask heads + class-picked masks. Full-detector figures come with
-the detector.
+The whole detector's inference, against torchvision's: benchmarks.detector.
 """
 import numpy as np
 import tensorflow as tf
@@ -25,10 +21,10 @@ def _config(quick):
         return dict(model=dict(depth=18, base_width=16, fpn_channels=32, head_channels=32, fc_units=64),
                     model_name="r18/w16", image=(128, 160), roi_image=(512, 640), roi_channels=32,
                     num_rois_align=64, paste_image=(200, 300), num_paste=10, num_rois_train=16,
-                    max_instances=8, num_gt=3, infer_rois=10, repeats=2)
+                    max_instances=8, num_gt=3, repeats=2)
     return dict(model=dict(depth=50), model_name="resnet50", image=(800, 1344), roi_image=(800, 1344),
                 roi_channels=256, num_rois_align=1000, paste_image=(800, 1333), num_paste=100, num_rois_train=64,
-                max_instances=100, num_gt=15, infer_rois=100, repeats=3)
+                max_instances=100, num_gt=15, repeats=3)
 
 
 def random_boxes(rng, count, image_size, min_side=16.0, max_side=None):
@@ -234,27 +230,6 @@ def _train_row(cfg, rng, network):
                        f"SegmentationSGD; s/step = median time")
 
 
-def _inference_function(network):
-    @tf.function(reduce_retracing=True)
-    def infer(image, rois):
-        out = network({"image": image, "rois": rois}, training=False)
-        return out["class_ids"], out["scores"], out["masks"]
-
-    return infer
-
-
-def _infer_row(cfg, rng, network):
-    height, width = cfg["image"]
-    count = cfg["infer_rois"]
-    image = tf.constant(rng.normal(size=(1, height, width, 3)).astype(np.float32))
-    rois = tf.constant(random_boxes(rng, count, (height, width))[None])
-    infer = _inference_function(network)
-    seconds = median_time(lambda: [t.numpy() for t in infer(image, rois)], warmup=1, repeats=cfg["repeats"])
-    return Result("heads inference (oracle boxes, no RPN)", f"1x{height}x{width} {cfg['model_name']}", seconds, throughput=f"{1 / seconds:.2f} img/s",
-                  note=f"{count} RoIs; backbone+FPN+RoIAlign+heads+class-picked masks, no pasting; "
-                       "full detector (RPN + box head) not implemented yet")
-
-
 def run(quick=False):
     cfg = _config(quick)
     rng = np.random.default_rng(0)
@@ -262,24 +237,5 @@ def run(quick=False):
     results += _paste_rows(cfg, rng)
     network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
     results.append(_train_row(cfg, rng, network))
-    results.append(_infer_row(cfg, rng, network))
     return results
 
-
-def inference_probe(quick):
-    """One heads-model inference plus pasting of its masks and their COCO RLEs (what evaluation keeps), for
-    the peak-RSS figure (benchmarks.memory).
-
-    Full: ResNet-50 FPN, one 800x1344 image with 100 RoIs, masks pasted into
-    800x1333; quick: ResNet-18 (base width 16), 128x160, 10 RoIs.
-    """
-    cfg = _config(quick)
-    rng = np.random.default_rng(0)
-    height, width = cfg["image"]
-    network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
-    image = tf.constant(rng.normal(size=(1, height, width, 3)).astype(np.float32))
-    rois = tf.constant(random_boxes(rng, cfg["infer_rois"], (height, width))[None])
-    class_ids, scores, masks = _inference_function(network)(image, rois)
-    original = cfg["paste_image"] if not quick else cfg["image"]
-    pasted = paste_masks(masks[0], rois[0], original)
-    return {"class_ids": class_ids.numpy(), "scores": scores.numpy(), "masks": pasted, "rle": pasted.rle()}

@@ -22,7 +22,8 @@ default it is added to the size (sqrt(w h) + 1e-6); `level_epsilon=1e-6` instead
 adds it to the level before the floor, as torchvision's LevelMapper does.
 
 tf.image.crop_and_resize has no XLA kernel; here each sample's four
-neighbours are gathered from one flat table of all levels, which compiles.
+neighbours are gathered from one flat table of all levels, which compiles
+(crop_and_sample says in which order, to keep memory low).
 """
 import keras
 import tensorflow as tf
@@ -84,21 +85,32 @@ def crop_and_sample(table, base, height, width, boxes, output_size, sampling_rat
     height, width: [R] int32, that map's size.
     boxes: [R, 4] float32 (y1, x1, y2, x2) in that map's continuous pixels.
     Returns [R, output_size, output_size, C] float32.
+
+    One gather per (sample within the bin, neighbour) pair, each [R, n, n, C],
+    weighted and added to the bins as it comes (sample by sample, the 4
+    neighbours of each in turn, as torchvision's and Detectron2's kernels).
+    Gathering every sample's every neighbour at once instead
+    ([R, n*s, 2, n*s, 2, C], then reduced) held 4 s^2 times the output in
+    memory, 0.8 GB for 1000 RoIs at 7x7 with 256 channels, and was 3-4x slower.
     """
-    rows, row_weight = _axis_samples(boxes[:, 0], boxes[:, 2], height, output_size, sampling_ratio, aligned)
-    cols, col_weight = _axis_samples(boxes[:, 1], boxes[:, 3], width, output_size, sampling_ratio, aligned)
-    # [R, P, 2, P, 2]: every (row neighbour, column neighbour) pair of every sample.
-    flat = (base[:, None, None, None, None] + rows[:, :, :, None, None] * width[:, None, None, None, None]
-            + cols[:, None, None, :, :])
-    values = tf.gather(table, flat)  # [R, P, 2, P, 2, C]
     n, s = output_size, sampling_ratio
-    values = tf.reshape(values, [-1, n, s * 2, n, s * 2, tf.shape(table)[1]])
-    row_weight = tf.reshape(row_weight, [-1, n, s * 2])
-    col_weight = tf.reshape(col_weight, [-1, n, s * 2])
-    # Sum the weighted neighbours of all samples of a bin, then average the samples.
-    values = tf.einsum("rjb,riajbc->riajc", col_weight, values)
-    values = tf.einsum("ria,riajc->rijc", row_weight, values)
-    return values / float(s * s)
+    rows, row_weight = _axis_samples(boxes[:, 0], boxes[:, 2], height, n, s, aligned)
+    cols, col_weight = _axis_samples(boxes[:, 1], boxes[:, 3], width, n, s, aligned)
+    # [R, n, s, 2]: bin, sample within the bin, low / high neighbour.
+    rows, row_weight, cols, col_weight = (tf.reshape(t, [-1, n, s, 2]) for t in (rows, row_weight, cols, col_weight))
+    row_start = base[:, None, None, None] + rows * width[:, None, None, None]  # table row of each (row, column 0)
+    total = 0.0
+    for row_sample in range(s):
+        for col_sample in range(s):
+            for row_neighbour in range(2):
+                for col_neighbour in range(2):
+                    # [R, n, n]: this neighbour of this sample in every bin.
+                    flat = (row_start[:, :, None, row_sample, row_neighbour]
+                            + cols[:, None, :, col_sample, col_neighbour])
+                    weight = (row_weight[:, :, None, row_sample, row_neighbour]
+                              * col_weight[:, None, :, col_sample, col_neighbour])
+                    total += weight[..., None] * tf.gather(table, flat)
+    return total / float(s * s)
 
 
 def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_level=2, max_level=5,

@@ -14,6 +14,8 @@ detect: preprocess -> model -> boxes scaled back by original / resized size
 per axis (torchvision's ratios) -> masks pasted into the original image
 (models.mask_rcnn.inference.paste_masks).
 """
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -52,6 +54,24 @@ def preprocess(images, *, min_size=800, max_size=1333, size_divisible=32):
             "original_sizes": tf.constant(originals, tf.int32)}
 
 
+_GRAPHS = weakref.WeakKeyDictionary()  # model -> its call as one tf.function, made on first use
+
+
+def _graph(model):
+    """The model's inference call as one TensorFlow graph (traced once per model and input shape).
+
+    Called eagerly instead, the detector on one 800 x 1333 photo peaked at
+    4.3 GB RSS against 1.5 GB as a graph (BENCHMARKS.md, section 4b), and ran
+    slower. Not model.predict_on_batch: Keras's jit_compile="auto" turns XLA on
+    where it finds a GPU, and the graph's NMS ops are not meant for XLA (not
+    tried on a GPU).
+    """
+    if model not in _GRAPHS:
+        owner = weakref.ref(model)  # the cache must not keep the model alive
+        _GRAPHS[model] = tf.function(lambda inputs: owner()(inputs, training=False), reduce_retracing=True)
+    return _GRAPHS[model]
+
+
 def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5, score_threshold=0.0):
     """Detections of each image in its own pixels.
 
@@ -66,7 +86,7 @@ def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5, sc
     0.05 by default).
     """
     inputs = preprocess(images, min_size=min_size, max_size=max_size)
-    outputs = model({"images": inputs["images"], "image_sizes": inputs["image_sizes"]}, training=False)
+    outputs = _graph(model)({"images": inputs["images"], "image_sizes": inputs["image_sizes"]})
     outputs = {k: np.asarray(v) for k, v in outputs.items()}
     detections = []
     for b, (resized, original) in enumerate(zip(inputs["image_sizes"].numpy(), inputs["original_sizes"].numpy())):
