@@ -5,10 +5,8 @@ Every detection ends in the original image's pixels: boxes [N, 4] float32
 (decreasing), masks a PastedMasks (.dense() [N, H, W] bool, .rle()).
 """
 import numpy as np
-import tensorflow as tf
 
-from models.mask_rcnn.inference import paste_masks
-from models.mask_rcnn.transform import detect
+from models.mask_rcnn.transform import detect, in_original_pixels, run_graph
 
 
 class ModelCategories:
@@ -31,56 +29,22 @@ class ModelCategories:
         return np.asarray(self.coco_ids, np.int64)[np.asarray(class_ids, np.int64) - 1]
 
 
-def compiled(detector):
-    """The detector as one tf.function (any image size, no retracing per size): what detect() calls."""
-    function = tf.function(lambda inputs: detector(inputs, training=False), reduce_retracing=True)
-    return lambda inputs, training=False: function(inputs)
-
-
-def _keep(detection, score_threshold):
-    """The detections of one image scoring >= score_threshold (they are sorted by score)."""
-    count = int(np.sum(detection["scores"] >= score_threshold))
-    kept = {key: value[:count] for key, value in detection.items() if key != "masks"}
-    masks = detection["masks"]
-    kept["masks"] = type(masks)(masks.boundaries[:count], masks.image_size)
-    return kept
-
-
 def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5):
     """Detections of every image of a data.coco.make_dataset(..., training=False) dataset.
 
-    Images are fed as the pipeline resized and padded them; boxes are scaled
-    back by original / resized size per axis and masks pasted into the original
-    image as torchvision pastes them (as models.mask_rcnn.transform.detect does
-    for photos).
+    Images are fed as the pipeline resized and padded them; boxes and masks come
+    back in each original image's pixels (transform.in_original_pixels, as
+    transform.detect does for photos).
     Returns a list, one dict per image: image_id int and the module's detection fields.
     """
-    run = compiled(detector)
     predictions = []
     for batch in dataset:
-        outputs = run({"images": batch["image"], "image_sizes": batch["image_size"]})
-        outputs = {key: np.asarray(value) for key, value in outputs.items()}
+        outputs = run_graph(detector, batch["image"], batch["image_size"])
         for b, (resized, original) in enumerate(zip(batch["image_size"].numpy(), batch["original_size"].numpy())):
-            n = int(outputs["num_detections"][b])
-            ratio = original.astype(np.float32) / resized.astype(np.float32)
-            boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
-            # Pasted as torchvision pastes: the convention of the converted weights (and of detect()).
-            masks = paste_masks(outputs["masks"][b, :n], boxes, (int(original[0]), int(original[1])), mask_threshold,
-                                torchvision_compatible=True)
-            detection = {"boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "scores": outputs["scores"][b, :n],
-                         "masks": masks}
-            predictions.append({"image_id": int(batch["image_id"][b]), **_keep(detection, score_threshold)})
+            detection = in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
+                                           mask_threshold=mask_threshold)
+            predictions.append({"image_id": int(batch["image_id"][b]), **detection})
     return predictions
-
-
-def detect_image(run, rgb, *, min_size=800, max_size=1333, score_threshold=0.0, mask_threshold=0.5):
-    """Detections (one dict) of one RGB image [h, w, 3] uint8 of any size.
-
-    run: compiled(detector), made once for many images. min_size, max_size:
-    the resize (the training run's short and long side).
-    """
-    detection = detect(run, [rgb], min_size=min_size, max_size=max_size, mask_threshold=mask_threshold)[0]
-    return _keep(detection, score_threshold)
 
 
 def instance_colours(count):
@@ -143,7 +107,6 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
             raise cli_checks.UsageError(f"{target}: exists already; pass --overwrite or another --out")
     categories = ModelCategories(detector)
     os.makedirs(out_dir, exist_ok=True)
-    run = compiled(detector)
     results, written, skipped = [], [], 0
     for image_id, (path, target) in enumerate(zip(paths, targets), start=1):
         try:
@@ -154,7 +117,7 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
             cli_checks.warn(f"skipped: {error}")
             skipped += 1
             continue
-        detection = detect_image(run, rgb, min_size=min_size, max_size=max_size, score_threshold=score_threshold)
+        detection = detect(detector, [rgb], min_size=min_size, max_size=max_size, score_threshold=score_threshold)[0]
         images.write_png(target, draw_detections(rgb, detection, categories.names, alpha=alpha))
         written.append(target)
         found = dict(detection, image_id=image_id)

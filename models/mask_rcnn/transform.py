@@ -86,19 +86,31 @@ def detect(model, images, *, min_size=800, max_size=1333, mask_threshold=0.5, sc
     0.05 by default).
     """
     inputs = preprocess(images, min_size=min_size, max_size=max_size)
-    outputs = _graph(model)({"images": inputs["images"], "image_sizes": inputs["image_sizes"]})
-    outputs = {k: np.asarray(v) for k, v in outputs.items()}
-    detections = []
-    for b, (resized, original) in enumerate(zip(inputs["image_sizes"].numpy(), inputs["original_sizes"].numpy())):
-        # Scores decrease: the kept detections are a prefix.
-        n = int(np.sum(outputs["scores"][b, :int(outputs["num_detections"][b])] >= score_threshold))
-        ratio = original.astype(np.float32) / resized.astype(np.float32)  # (height, width), float32 as torchvision
-        boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
-        detections.append({
-            "boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "category_ids": outputs["category_ids"][b, :n],
+    outputs = run_graph(model, inputs["images"], inputs["image_sizes"])
+    return [in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
+                               mask_threshold=mask_threshold)
+            for b, (resized, original) in enumerate(zip(inputs["image_sizes"].numpy(),
+                                                        inputs["original_sizes"].numpy()))]
+
+
+def run_graph(model, images, image_sizes):
+    """The detector's outputs (NumPy) on a preprocessed batch, run as one cached graph (see _graph)."""
+    outputs = _graph(model)({"images": images, "image_sizes": image_sizes})
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def in_original_pixels(outputs, b, resized_size, original_size, *, score_threshold=0.0, mask_threshold=0.5):
+    """Image b's detections from the model's batch outputs, in its original pixels (one dict, as detect returns).
+
+    resized_size, original_size: (height, width) of the image as the model saw it (before padding) and as
+    it was read. Masks are pasted as torchvision pastes them (box grown by one mask cell, whole pixels),
+    the convention the converted weights were trained and evaluated with.
+    """
+    # Scores decrease: the kept detections are a prefix.
+    n = int(np.sum(outputs["scores"][b, :int(outputs["num_detections"][b])] >= score_threshold))
+    ratio = np.asarray(original_size, np.float32) / np.asarray(resized_size, np.float32)  # float32 as torchvision
+    boxes = outputs["boxes"][b, :n] * np.tile(ratio, 2)
+    return {"boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "category_ids": outputs["category_ids"][b, :n],
             "scores": outputs["scores"][b, :n],
-            # Pasted as torchvision pastes (box grown by one mask cell, whole pixels), the convention the
-            # converted weights were trained and evaluated with.
-            "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original), mask_threshold,
-                                 torchvision_compatible=True)})
-    return detections
+            "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original_size),
+                                 mask_threshold, torchvision_compatible=True)}
