@@ -253,8 +253,7 @@ def build_parser():
                              "gt = masks for the ground-truth boxes (oracle segm AP)")
     parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted",
                         help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
-    parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
-    parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
+    cli_checks.add_resize_flags(parser)
     cli_checks.add_skip_bad_flag(parser)
     cli_checks.add_debug_flag(parser)
     return parser

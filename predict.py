@@ -67,8 +67,7 @@ def build_parser():
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, in [0, 1]")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="Mask R-CNN: keep detections scoring at least this, in [0, 1]")
-    parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
-    parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
+    cli_checks.add_resize_flags(parser)
     cli_checks.add_skip_bad_flag(parser)
     cli_checks.add_debug_flag(parser)
     return parser

@@ -39,6 +39,12 @@ def add_debug_flag(parser):
                         help="show the full Python traceback of an input error (for bug reports)")
 
 
+def add_resize_flags(parser):
+    """--short-side / --long-side: how Mask R-CNN resizes images (default: the run's config.json, else 800 / 1333)."""
+    parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
+    parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
+
+
 def add_skip_bad_flag(parser):
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images (and Cityscapes examples with a bad label) with a warning "

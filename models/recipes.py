@@ -11,6 +11,20 @@ import dataclasses
 import json
 import os
 
+
+@dataclasses.dataclass
+class RunSettings:
+    """The runtime settings every recipe's config shares (its dataclass inherits them); flags as the fields."""
+
+    strategy: str = "none"  # none | mirrored | multiworker
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    keep_checkpoints: int = 2
+    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
+    seed: int = 0
+    verbose: int = 1
+
 STRATEGIES = ("none", "mirrored", "multiworker")
 
 

@@ -11,10 +11,12 @@ with --resume.
 import dataclasses
 import os
 
-from models.recipes import check_choice, check_not_negative, check_out_outside_data, check_positive, start_run
+from models.recipes import (
+    RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, start_run,
+)
 
 @dataclasses.dataclass
-class DetectorConfig:
+class DetectorConfig(RunSettings):
     """A Mask R-CNN detector training run (--model mask_rcnn). Field names are the CLI flags (with - for _)."""
 
     preset: str = "maskrcnn_r50_fpn_1x_coco"
@@ -53,15 +55,6 @@ class DetectorConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_norm: float = 0.0  # global gradient-norm clipping (0: off, as torchvision)
-    # runtime
-    strategy: str = "none"
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    keep_checkpoints: int = 2
-    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
-    seed: int = 0
-    verbose: int = 1
 
 
 PRESETS = {

@@ -12,11 +12,13 @@ import keras
 import tensorflow as tf
 
 import losses
-from models.recipes import check_choice, check_not_negative, check_out_outside_data, check_positive, start_run
+from models.recipes import (
+    RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, start_run,
+)
 
 
 @dataclasses.dataclass
-class PSPNetConfig:
+class PSPNetConfig(RunSettings):
     """Everything that defines a PSPNet training run. Field names are the CLI flags (with - for _)."""
 
     preset: str = "pspnet101_cityscapes_713"
@@ -50,15 +52,6 @@ class PSPNetConfig:
     weight_decay: float = 1e-4
     head_lr_multiplier: float = 10.0
     aux_weight: float = 0.4
-    # runtime
-    strategy: str = "none"  # none | mirrored | multiworker
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    keep_checkpoints: int = 2
-    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
-    seed: int = 0
-    verbose: int = 1
 
 
 PRESETS = {
