@@ -33,6 +33,9 @@ class PSPNetConfig(RunSettings):
     stem: str = "deep"
     output_stride: int = 8
     backbone_weights: str = ""  # "", "imagenet" or a Keras Applications weights file (needs stem="standard")
+    # A .keras PSPNet (a converted semseg / mmsegmentation checkpoint, or an earlier run) to fine-tune: its
+    # layout, backbone and widths replace the ones above; only classifiers for another class count start new.
+    init_from: str = ""
     num_classes: int = 19
     dropout: float = 0.1
     # data
@@ -78,6 +81,13 @@ def check_config(config):
     check_choice(config, "backbone", sorted(BACKBONES))
     check_choice(config, "stem", ("deep", "standard"))
     check_choice(config, "output_stride", (8, 16, 32))
+    if config.init_from:
+        from data import cli_checks
+
+        if not os.path.isfile(config.init_from):
+            raise cli_checks.UsageError(f"--init-from {config.init_from}: no such file (a .keras PSPNet)")
+        if config.backbone_weights:
+            raise cli_checks.UsageError("--init-from and --backbone-weights: give one (--init-from holds the backbone)")
     check_out_outside_data(config)
 
 
@@ -181,10 +191,21 @@ def build_compiled_pspnet(config, total_steps, sync_bn):
     from models.pspnet.model import build_pspnet, head_layer_names
     from models.training import SegmentationSGD, poly_schedule
 
-    model = build_pspnet(
-        config.num_classes, backbone=config.backbone, aux=True, stem=config.stem,
-        output_stride=config.output_stride, base_width=config.base_width, dropout=config.dropout,
-        sync_bn=sync_bn, backbone_weights=config.backbone_weights or None)
+    if config.init_from:
+        from models.checkpoints import CheckpointError
+        from models.pspnet.fine_tuning import build_from
+
+        try:
+            model, fresh = build_from(config.init_from, num_classes=config.num_classes, aux=True,
+                                      dropout=config.dropout, sync_bn=sync_bn)
+        except (ValueError, OSError) as error:
+            raise CheckpointError(f"--init-from {config.init_from}: {str(error).splitlines()[0]}") from None
+        print(f"initialised from {config.init_from}" + (f"; new: {', '.join(fresh)}" if fresh else ""))
+    else:
+        model = build_pspnet(
+            config.num_classes, backbone=config.backbone, aux=True, stem=config.stem,
+            output_stride=config.output_stride, base_width=config.base_width, dropout=config.dropout,
+            sync_bn=sync_bn, backbone_weights=config.backbone_weights or None)
     optimizer = SegmentationSGD(
         poly_schedule(config.lr, total_steps, config.power), momentum=config.momentum, l2=config.weight_decay,
         head_layers=head_layer_names(model), head_lr_multiplier=config.head_lr_multiplier)

@@ -231,3 +231,31 @@ def test_nan_loss_ends_with_a_clear_message(cityscapes_root, tmp_path):
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
                     "--epochs", "1", "--lr", "inf"] + TINY)  # step 1 makes every weight non-finite: step 2 fails
     assert not os.path.exists(os.path.join(out, "last.keras"))
+
+
+def test_init_from_a_saved_pspnet_starts_from_its_weights(cityscapes_root, tmp_path):
+    """train.py --init-from FILE.keras (what models.convert writes): the run starts from that file's weights,
+    with the file's own architecture (here another stem than the flags ask for)."""
+    import keras
+
+    from models import build_pspnet
+
+    keras.utils.set_random_seed(3)
+    source = build_pspnet(19, backbone="resnet18", base_width=8, stem="standard", aux=True)
+    source_path = str(tmp_path / "source.keras")
+    source.save(source_path)
+    out = str(tmp_path / "run")
+    # lr 0 and no weight decay: the steps leave every trainable weight as it started (BatchNorm's moving
+    # statistics do move), so the checkpoint shows where the run started.
+    assert train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", out,
+                       "--epochs", "1", "--init-from", source_path, "--lr", "0", "--weight-decay", "0",
+                       "--stem", "deep"] + TINY) == 0
+    trained = keras.saving.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+    assert trained.get_config()["stem"] == "standard"
+    start = {w.path: w.numpy() for w in source.trainable_weights}
+    assert len(start) == len(trained.trainable_weights) > 50
+    for weight in trained.trainable_weights:
+        np.testing.assert_array_equal(weight.numpy(), start[weight.path], err_msg=weight.path)
+    with pytest.raises(SystemExit, match="--init-from .*missing.keras: no such file"):
+        train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", str(tmp_path / "x"),
+                    "--init-from", str(tmp_path / "missing.keras")] + TINY)
