@@ -36,6 +36,7 @@ class PSPNetConfig(RunSettings):
     # A .keras PSPNet (a converted semseg / mmsegmentation checkpoint, or an earlier run) to fine-tune: its
     # layout, backbone and widths replace the ones above; only classifiers for another class count start new.
     init_from: str = ""
+    skip_bad: bool = False  # leave out Cityscapes examples with an unreadable image or label (warned, counted)
     num_classes: int = 19
     dropout: float = 0.1
     # data
@@ -100,7 +101,7 @@ def count_train_images(config):
         return None  # known after TFDS has built the dataset
     from data import cityscapes
 
-    return len(cityscapes.find_examples(config.data, "train"))
+    return len(cityscapes.find_examples(config.data, "train", skip_bad=config.skip_bad, skipped=[]))
 
 
 def read_split(config, split, *, shuffle=False, input_context=None):
@@ -111,8 +112,14 @@ def read_split(config, split, *, shuffle=False, input_context=None):
         data_dir = config.tfds_data_dir or os.path.join(config.data, "tfds")
         return cityscapes.read_tfds(split, data_dir=data_dir, manual_dir=config.data, shuffle=shuffle,
                                     seed=config.seed, input_context=input_context)
-    return cityscapes.read_folder(config.data, split, shuffle=shuffle, seed=config.seed,
-                                  input_context=input_context)
+    skipped = []
+    dataset = cityscapes.read_folder(config.data, split, shuffle=shuffle, seed=config.seed,
+                                     input_context=input_context, skip_bad=config.skip_bad, skipped=skipped)
+    if skipped:
+        from data import cli_checks
+
+        cli_checks.warn(f"{split}: skipped {len(skipped)} example(s) with an unreadable image or label (--skip-bad)")
+    return dataset
 
 
 def train_dataset(config, global_batch, input_context=None):

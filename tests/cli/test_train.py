@@ -259,3 +259,20 @@ def test_init_from_a_saved_pspnet_starts_from_its_weights(cityscapes_root, tmp_p
     with pytest.raises(SystemExit, match="--init-from .*missing.keras: no such file"):
         train.main(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root, "--out", str(tmp_path / "x"),
                     "--init-from", str(tmp_path / "missing.keras")] + TINY)
+
+
+def test_a_truncated_training_image_stops_with_its_name_or_is_skipped(tmp_path):
+    root = str(tmp_path / "cityscapes")
+    write_split(root, "train", num_images=3, seed=1)
+    write_split(root, "val", num_images=1, seed=2)
+    bad = os.path.join(root, "leftImg8bit", "train", "testcity", "testcity_000001_000019_leftImg8bit.png")
+    with open(bad, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])  # a download cut short
+    args = ["--preset", "pspnet50_cityscapes_713", "--data", root, "--epochs", "1"] + TINY
+    with pytest.raises(SystemExit, match="testcity_000001_000019_leftImg8bit.png"):
+        train.main(args + ["--out", str(tmp_path / "stopped")])
+    assert train.main(args + ["--out", str(tmp_path / "skipped"), "--skip-bad"]) == 0
+    state = json.load(open(os.path.join(tmp_path, "skipped", "state.json")))
+    assert state["steps_done"] == 2  # --steps-per-epoch 2 of the two good images
