@@ -1,5 +1,5 @@
-"""Peak memory (RSS) of a PSPNet training step and of Mask R-CNN detector inference (ours and torchvision's),
-each in a fresh process.
+"""Peak memory (RSS) of a PSPNet training step, of Mask R-CNN detector inference and of a detector training
+step at batch 2 (ours and torchvision's), each in a fresh process.
 
 Each figure comes from its own subprocess that does the one job and reports
 its peak (VmHWM, see benchmarks.harness.peak_rss_mib). The subprocesses use
@@ -26,6 +26,14 @@ if job == "detector_torchvision":
     from benchmarks import torchvision_detector as tv
     from benchmarks.detector import photo
     tv.detect(tv.load(sys.argv[4]), photo(quick))
+elif job == "detector_train_torchvision":
+    import torch
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    from benchmarks.detector import training_step_torchvision
+    step = training_step_torchvision(sys.argv[4])
+    step()
+    step()
 else:
     import numpy as np
     import tensorflow as tf
@@ -43,6 +51,11 @@ else:
         from benchmarks.detector import load_ours, photo
         from models.mask_rcnn.transform import detect
         detect(load_ours(sys.argv[4]), [photo(quick)])[0]["masks"].rle()
+    elif job == "detector_train_ours":
+        from benchmarks.detector import training_step_ours
+        step = training_step_ours(sys.argv[4])
+        step()
+        step()
 from benchmarks.harness import peak_rss_mib
 print(json.dumps({"peak_rss_mib": peak_rss_mib(), "seconds": time.perf_counter() - start}))
 """
@@ -72,12 +85,26 @@ def run(quick=False):
                           note="whole process: TF runtime + .keras load + one photo, masks pasted to RLE"))
     if torch_path is None:  # --quick: no torchvision model at that size
         return results
-    reference = _probe("detector_torchvision", quick, torch_path)
-    return results + [
-        Result("peak RSS: detector [torchvision]", size, reference["seconds"],
-               throughput=f"{reference['peak_rss_mib']:.0f} MiB",
-               note="whole process: torch runtime + state-dict load + one photo, masks pasted"),
-        Result("peak RSS: detector ours / torchvision", size, ours["seconds"],
+    results += _side_by_side("detector", size, ours, _probe("detector_torchvision", quick, torch_path),
+                             "whole process: torch runtime + state-dict load + one photo, masks pasted",
+                             "load + one call")
+    train_size = "2x800x1333 resnet50"
+    ours = _probe("detector_train_ours", quick, keras_path)
+    results.append(Result("peak RSS: detector train step [ours]", train_size, ours["seconds"],
+                          throughput=f"{ours['peak_rss_mib']:.0f} MiB",
+                          note="whole process: TF runtime + .keras load + 2 DetectorTrainer steps (stage 'all')"))
+    return results + _side_by_side("detector train step", train_size, ours,
+                                   _probe("detector_train_torchvision", quick, torch_path),
+                                   "whole process: torch runtime + state-dict load + 2 SGD steps in train()",
+                                   "load + trace + 2 steps")
+
+
+def _side_by_side(job, size, ours, reference, reference_note, ours_seconds):
+    """torchvision's peak RSS row and the ours / torchvision row of `job` (probe results: dicts)."""
+    return [
+        Result(f"peak RSS: {job} [torchvision]", size, reference["seconds"],
+               throughput=f"{reference['peak_rss_mib']:.0f} MiB", note=reference_note),
+        Result(f"peak RSS: {job} ours / torchvision", size, ours["seconds"],
                ratio=ours["peak_rss_mib"] / reference["peak_rss_mib"], target="<= 1.0",
-               note="peak RSS ratio (the seconds are ours: load + one call)"),
+               note=f"peak RSS ratio (the seconds are ours: {ours_seconds})"),
     ]

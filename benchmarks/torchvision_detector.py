@@ -50,3 +50,51 @@ def network(model, images):
     proposals, _ = model.rpn(images, features)
     detections, _ = model.roi_heads(features, proposals, images.image_sizes)
     return detections
+
+
+def load_for_training(path):
+    """maskrcnn_resnet50_fpn as torchvision fine-tunes it, in train mode, with the weights in `path`.
+
+    torchvision's defaults for a pretrained model: FrozenBatchNorm2d and
+    trainable_backbone_layers=3 (the stem and layer1 frozen); 2000 RPN
+    proposals per image in training, 512 sampled RoIs. maskrcnn_resnet50_fpn
+    itself gives those only with downloaded weights (without, it trains all
+    five stages with BatchNorm2d), so the model is assembled as it does.
+    """
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), trainable_layers=3)
+    model = MaskRCNN(backbone, num_classes=91)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.train()
+
+
+def sgd(model, learning_rate):
+    """SGD with momentum 0.9 and weight decay 1e-4 (torchvision's detection recipe) on the trainable parameters."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(parameters, lr=learning_rate, momentum=0.9, weight_decay=1e-4)
+
+
+def training_inputs(images, truth):
+    """torchvision's training inputs: a list of [3, h, w] images and a list of target dicts.
+
+    images: list of [h, w, 3] uint8; truth: benchmarks.detector.ground_truth's dict (boxes y1, x1, y2, x2).
+    Targets: boxes [N, 4] (x1, y1, x2, y2), labels [N] int64, masks [N, h, w] uint8 (full-image masks).
+    """
+    boxes = torch.from_numpy(truth["boxes"][:, [1, 0, 3, 2]].copy())
+    target = {"boxes": boxes, "labels": torch.from_numpy(truth["class_ids"].astype(np.int64)),
+              "masks": torch.from_numpy(truth["full_masks"].astype(np.uint8))}
+    return [image_tensor(image) for image in images], [dict(target) for _ in images]
+
+
+def train_step(model, optimizer, images, targets):
+    """One SGD step on the sum of the five losses. -> the loss (float)."""
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
