@@ -156,7 +156,7 @@ def evaluate_mask_rcnn(args):
     Images are resized as in training (detector_io.inference_sizes).
     """
     from data import coco
-    from data.coco_eval import bbox_results, evaluate_results
+    from data.coco_results import bbox_results, evaluate_results
     from models.mask_rcnn import predict_oracle_masks
     from models.mask_rcnn.detector_io import inference_sizes, is_detector, oracle_heads_model
     from models.mask_rcnn.run_detector import ModelCategories, detect_dataset

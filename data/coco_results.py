@@ -1,4 +1,4 @@
-"""COCO results: segm results JSON from predictions, and mask AP with pycocotools' COCOeval."""
+"""COCO results: bbox and segm results JSON from predictions, and their AP with pycocotools' COCOeval."""
 import contextlib
 import io
 import json
@@ -7,7 +7,30 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-SEGM_METRICS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl")
+# COCOeval.stats in its order (summarize()'s twelve lines), without the iou type prefix.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+SEGM_METRICS = tuple(f"segm_{name}" for name in STAT_NAMES[:6])
+
+
+def bbox_results(predictions, categories):
+    """COCO bbox results from per-image predictions.
+
+    predictions: iterable of dicts with image_id int, boxes [N, 4] float
+    (y1, x1, y2, x2 in pixels of the original image), class_ids [N] (contiguous
+    1..K), scores [N] float.
+    categories: maps class ids to dataset ids (`.to_coco`, as data.coco.Categories).
+    Returns [{image_id, category_id, bbox [x, y, w, h], score}].
+    """
+    results = []
+    for p in predictions:
+        if not len(p["class_ids"]):
+            continue
+        boxes = np.asarray(p["boxes"], np.float64).reshape(-1, 4)
+        xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
+        for box, cat, score in zip(xywh, categories.to_coco(p["class_ids"]), p["scores"]):
+            results.append({"image_id": int(p["image_id"]), "category_id": int(cat),
+                            "bbox": [round(float(v), 2) for v in box], "score": float(score)})
+    return results
 
 
 def segm_results(predictions, categories):
@@ -43,22 +66,29 @@ def write_results(path, results):
         json.dump(results, f)
 
 
-def evaluate_segm(coco_gt, results, verbose=False):
-    """COCO mask AP of `results` against `coco_gt` (a pycocotools COCO), with COCOeval.
+def evaluate_results(coco_gt, results, iou_type, verbose=False):
+    """COCOeval of `results` (a list of result dicts) against `coco_gt` (a pycocotools COCO).
 
-    Returns {segm_AP, segm_AP50, segm_AP75, segm_APs, segm_APm, segm_APl} as
-    floats in [0, 1]; -1.0 where the ground truth has no object of that size
-    (COCOeval's convention); all 0.0 when there are no results. Evaluates every
-    image of coco_gt. verbose=True prints COCOeval's table.
+    iou_type: "bbox" or "segm". Returns {f"{iou_type}_{name}": float} for
+    STAT_NAMES: in [0, 1]; -1.0 where the ground truth has no object of that
+    size (COCOeval's convention); all 0.0 when there are no results. Evaluates
+    every image of coco_gt. verbose=True prints COCOeval's table.
     """
+    names = [f"{iou_type}_{name}" for name in STAT_NAMES]
     if not results:
-        return {name: 0.0 for name in SEGM_METRICS}
+        return {name: 0.0 for name in names}
     chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with chatter:
         # loadRes writes area/bbox/id into the dicts it is given: hand it copies.
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(SEGM_METRICS, evaluator.stats[:6])}
+    return {name: float(value) for name, value in zip(names, evaluator.stats)}
+
+
+def evaluate_segm(coco_gt, results, verbose=False):
+    """COCO mask AP: {segm_AP, segm_AP50, segm_AP75, segm_APs, segm_APm, segm_APl} of evaluate_results."""
+    metrics = evaluate_results(coco_gt, results, "segm", verbose)
+    return {name: metrics[name] for name in SEGM_METRICS}

@@ -97,7 +97,7 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
 
     from data import cli_checks, images
     from data.coco import segm_results, write_results
-    from data.coco_eval import bbox_results
+    from data.coco_results import bbox_results
 
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     targets = [os.path.join(out_dir, f"{stem}_overlay.png") for stem in stems]
