@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
-from benchmarks.harness import Result
+from benchmarks.harness import Result, median_pass_seconds
 
 _PROBE = r"""
 import json, os, sys, time
@@ -105,15 +104,7 @@ def _pipeline_side(root, quick):
         num_parallel_calls=tf.data.AUTOTUNE).take(num_elements).prefetch(tf.data.AUTOTUNE)
     full = coco.make_dataset(split, batch_size=2, training=True, seed=0, **sides).take(num_elements // 2)
 
-    def seconds(dataset):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in dataset:
-            pass
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    seconds(decode), seconds(full)
-    timings = np.array([(seconds(decode), seconds(full)) for _ in range(repeats)])  # [repeats, 2, 2]
-    (decode_s, decode_cpu), (full_s, full_cpu) = np.median(timings, axis=0)
+    (decode_s, decode_cpu), (full_s, full_cpu) = median_pass_seconds([decode, full], repeats=repeats)
     image = f"{num_elements} img {size[0]}x{size[1]}"
     return [
         Result("coco pipeline decode only", image, decode_s / num_elements,

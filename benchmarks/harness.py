@@ -64,6 +64,28 @@ def alternating_median_times(fns, *, warmup=1, repeats=3):
     return [statistics.median(own) for own in times]
 
 
+def pass_seconds(dataset):
+    """(wall, CPU) seconds of one pass over an iterable (a tf.data pipeline).
+
+    CPU time (all threads of this process) is the steadier figure on a shared
+    machine, where other processes take cores away.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in dataset:
+        pass
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def median_pass_seconds(datasets, *, repeats=3):
+    """[len(datasets), 2]: median (wall, CPU) seconds of one pass over each, after one warm-up pass each;
+    the passes alternate between the datasets so that load on the machine falls on all alike."""
+    import numpy as np
+
+    for dataset in datasets:
+        pass_seconds(dataset)
+    return np.median([[pass_seconds(d) for d in datasets] for _ in range(repeats)], axis=0)
+
+
 def peak_rss_mib():
     """Peak resident set size of this process's own memory so far (VmHWM).
 

@@ -5,12 +5,10 @@ written to a temporary folder; the figures come from benchmark_pipeline, which t
 the two pipelines alternately over the same files.
 """
 import tempfile
-import time
 
-import numpy as np
 import tensorflow as tf
 
-from benchmarks.harness import Result
+from benchmarks.harness import Result, median_pass_seconds
 from data.cityscapes import find_examples, read_folder, train_pipeline
 from data.synthetic_cityscapes import write_cityscapes_sample
 
@@ -69,20 +67,7 @@ def benchmark_pipeline(root, *, crop_size=(713, 713), num_elements=200, batch_si
     full = train_pipeline(read_folder(root, "train").repeat(), batch_size=batch_size, crop_size=crop_size,
                           seed=0).take(num_batches)
 
-    def seconds(dataset):
-        """(wall, CPU) seconds of one pass over `dataset`.
-
-        CPU time (all threads of this process) is the steadier figure on a
-        shared machine, where other processes take cores away.
-        """
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in dataset:
-            pass
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    seconds(decode_only), seconds(full)
-    timings = np.array([(seconds(decode_only), seconds(full)) for _ in range(repeats)])  # [repeats, 2, 2]
-    (decode_s, decode_cpu), (full_s, full_cpu) = np.median(timings, axis=0)
+    (decode_s, decode_cpu), (full_s, full_cpu) = median_pass_seconds([decode_only, full], repeats=repeats)
     with tf.io.gfile.GFile(find_examples(root, "train")[0].image_path, "rb") as f:
         header = f.read(24)  # PNG IHDR: width and height, big-endian uint32, at bytes 16..23
     return {
