@@ -129,7 +129,7 @@ def start_run(config, strategy=None):
         keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     if not is_chief(strategy):
-        return strategy, None  # other workers write nothing and take the chief's state (custom_loop)
+        return strategy, None  # other workers write nothing and take the chief's state (models/custom_loop.py)
     try:
         state = prepare_run_dir(config.out, config.resume)
     except RunDirError as error:

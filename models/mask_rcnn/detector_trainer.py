@@ -173,12 +173,15 @@ class DetectorTrainer(keras.Model):
     def _objective(self, parts):
         return parts["mask"] if self.stage == "mask_head" else parts["loss"]
 
+    def logged(self, parts):
+        """The METRIC_NAMES values of detector_losses' parts: the objective as "loss", each component."""
+        return {"loss": self._objective(parts), **{f"{name}_loss": parts[name] for name in LOSS_NAMES}}
+
     def _record(self, parts):
         # The losses are this replica's shares of global means: scaled back up for the logs.
         replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
-        self.trackers["loss"].update_state(self._objective(parts) * replicas)
-        for name in LOSS_NAMES:
-            self.trackers[f"{name}_loss"].update_state(parts[name] * replicas)
+        for name, value in self.logged(parts).items():
+            self.trackers[name].update_state(value * replicas)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     @staticmethod
@@ -186,14 +189,20 @@ class DetectorTrainer(keras.Model):
         # fit/evaluate pass the dataset's dict itself; train_on_batch/test_on_batch wrap it as (x, y, sample_weight).
         return data[0] if isinstance(data, tuple) else data
 
-    def train_step(self, data):
-        data = self._batch(data)
+    def optimizer_step(self, data):
+        """One optimizer step on a data.coco batch; returns detector_losses' parts (this replica's shares).
+
+        Keras fit calls it through train_step; models/custom_loop.py (multi-worker runs) through strategy.run.
+        """
         with tf.GradientTape() as tape:
             parts = self.losses_of(data, training=True)
             scaled = self.optimizer.scale_loss(self._objective(parts))
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return self._record(parts)
+        return parts
+
+    def train_step(self, data):
+        return self._record(self.optimizer_step(self._batch(data)))
 
     def test_step(self, data):
         return self._record(self.losses_of(self._batch(data), training=False))

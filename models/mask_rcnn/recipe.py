@@ -80,8 +80,6 @@ def check_config(config):
     check_choice(config, "mask_rois", MASK_ROIS)
     check_choice(config, "backbone", ("resnet50", "resnet101"))
     check_choice(config, "variant", ("v1", "v2"))
-    if config.strategy == "multiworker":
-        raise SystemExit("--strategy multiworker: the detector recipe supports none and mirrored for now")
     check_positive(config, ("batch_size", "short_side", "long_side", "steps", "steps_per_epoch", "base_width",
                             "fpn_channels", "mask_head_channels", "box_head_units", "rpn_pre_nms_top_n",
                             "rpn_post_nms_top_n", "rpn_batch_size", "box_batch_size", "box_positive_fraction"))
@@ -150,6 +148,8 @@ def train_detector(config, strategy=None):
 
     check_config(config)
     strategy, state = start_run(config, strategy)
+    if config.strategy == "multiworker":
+        return train_multiworker(config, strategy, state)
     train_split, val_split = read_coco_split(config, "train"), read_coco_split(config, "val")
     print(f"COCO train: {train_split.summary()}; val: {val_split.summary()}")
     sizes = dict(short_side=config.short_side, long_side=config.long_side)
@@ -176,6 +176,34 @@ def train_detector(config, strategy=None):
     fit_from_step(trainer, train_data, start_step=start_step, steps_per_epoch=config.steps_per_epoch, epochs=epochs,
                   callbacks=callbacks, validation_data=val_data, verbose=config.verbose, shuffle=False)
     return config.out
+
+
+def train_multiworker(config, strategy, state):
+    """train_detector under MultiWorkerMirroredStrategy: models/custom_loop.py with the detector's step.
+
+    Each worker reads its own share of the train records (input_context); no per-epoch validation
+    (evaluate.py scores the checkpoints).
+    """
+    from data import coco
+    from models.custom_loop import train_with_strategy_run
+    from models.mask_rcnn.detector_trainer import METRIC_NAMES
+
+    train_split = read_coco_split(config, "train")
+    print(f"COCO train: {train_split.summary()}")
+
+    def dataset_fn(input_context, start_step):
+        batch_size = input_context.get_per_replica_batch_size(config.batch_size)
+        return coco.make_dataset(train_split, batch_size=batch_size, training=True, seed=config.seed,
+                                 short_side=config.short_side, long_side=config.long_side,
+                                 input_context=input_context).skip(start_step)
+
+    def make_replica_step(trainer):
+        return lambda data: trainer.logged(trainer.optimizer_step(data))
+
+    return train_with_strategy_run(
+        config, strategy, state, build_model=lambda: build_trainer(config, train_split.categories),
+        make_replica_step=make_replica_step, dataset_fn=dataset_fn, epochs=-(-config.steps // config.steps_per_epoch),
+        steps_per_epoch=config.steps_per_epoch, curve_components=METRIC_NAMES[1:])
 
 
 def run_detector_demo(config):

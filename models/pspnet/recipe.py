@@ -1,5 +1,5 @@
 """The PSPNet training recipe: its configuration and presets, its data, the
-compiled model and the run (Keras fit; models/pspnet/custom_loop.py under
+compiled model and the run (Keras fit; models/custom_loop.py under
 MultiWorkerMirroredStrategy), and the built-in demo.
 
     config = dataclasses.replace(PRESETS["pspnet50_cityscapes_713"], data="/data/cityscapes", out="runs/psp50")
@@ -237,7 +237,6 @@ def train_pspnet(config, strategy=None):
     was), and after a stop signal (once saved).
     """
     from models.run_state import load_run_model
-    from models.pspnet.custom_loop import train_custom_loop
     from models.training import fit_from_step, standard_callbacks
 
     check_config(config)
@@ -255,7 +254,7 @@ def train_pspnet(config, strategy=None):
     sync_bn = strategy.num_replicas_in_sync > 1
 
     if config.strategy == "multiworker":
-        return train_custom_loop(config, strategy, state, epochs, steps_per_epoch, total_steps)
+        return train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_steps)
 
     start_step = state["steps_done"] if state else 0
     with strategy.scope():
@@ -274,6 +273,35 @@ def train_pspnet(config, strategy=None):
                   steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[validation] + callbacks,
                   verbose=config.verbose)
     return config.out
+
+
+def train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_steps):
+    """train_pspnet under MultiWorkerMirroredStrategy: models/custom_loop.py with PSPNet's step."""
+    from models.custom_loop import train_with_strategy_run
+
+    def make_replica_step(model):
+        loss_main, loss_aux = model.loss["main"], model.loss["aux"]
+
+        @tf.function(jit_compile=config.jit_compile)
+        def replica_step(batch):
+            images, labels = batch
+            with tf.GradientTape() as tape:
+                outputs = model(images, training=True)
+                # Each replica's loss is its share of the global mean (losses/distribute.py): the summed
+                # gradients are exact.
+                loss = (loss_main(labels["main"], outputs["main"])
+                        + config.aux_weight * loss_aux(labels["aux"], outputs["aux"]))
+            model.optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                                model.trainable_variables))
+            return {"loss": loss}
+
+        return replica_step
+
+    return train_with_strategy_run(
+        config, strategy, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        build_model=lambda: build_compiled_pspnet(config, total_steps, sync_bn=strategy.num_replicas_in_sync > 1),
+        make_replica_step=make_replica_step,
+        dataset_fn=lambda ctx, start_step: train_dataset(config, config.batch_size, ctx).skip(start_step))
 
 
 def run_demo(config):

@@ -3,6 +3,7 @@
 The written JSON files are read back with pycocotools (loadRes, COCOeval,
 mask.decode): the independent reader every COCO tool uses.
 """
+import csv
 import json
 import os
 
@@ -17,6 +18,9 @@ import evaluate
 import predict
 import train
 from data.synthetic_coco import write_coco_sample
+from models.mask_rcnn.detector_io import load_detector
+from models.mask_rcnn.detector_trainer import METRIC_NAMES
+from train_processes import run_train, steps_done, two_worker_envs
 
 TINY = ["--base-width", "8", "--fpn-channels", "16", "--mask-head-channels", "8", "--box-head-units", "32",
         "--rpn-pre-nms-top-n", "200", "--rpn-post-nms-top-n", "100", "--box-batch-size", "32",
@@ -140,3 +144,31 @@ def test_bad_stage_and_mask_rois_are_refused_in_one_line(root, tmp_path):
         _train(root, str(tmp_path / "run"), "--stage", "mask_head", "--mask-rois", "boxes")
     with pytest.raises(SystemExit, match="--init-from"):
         _train(root, str(tmp_path / "run"), "--init-from", str(tmp_path / "missing.keras"))
+
+
+@pytest.mark.slow
+def test_two_process_multi_worker_run_trains_and_resumes_every_worker_at_the_chief_step(root, tmp_path):
+    """train.py --model mask_rcnn --strategy multiworker: two workers on 127.0.0.1, each reading its own half
+    of the records (input_context); only the chief writes; a second command resumes both at the chief's step."""
+    out, other_out = str(tmp_path / "multiworker"), str(tmp_path / "worker1")
+    envs = two_worker_envs()
+
+    def run_workers(steps):
+        procs = [run_train(["--model", "mask_rcnn", "--preset", "maskrcnn_r50_fpn_1x_coco", "--stage", "all",
+                            "--data", root, "--out", out if index == 0 else other_out, "--steps", str(steps),
+                            "--strategy", "multiworker", "--resume"] + TINY[:-2] + ["--verbose", "1"], env=env)
+                 for index, env in enumerate(envs)]
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outputs
+        return outputs
+
+    run_workers(2)
+    assert steps_done(out) == 2
+    outputs = run_workers(3)
+    assert "worker chief: starting at step 2" in outputs[0], outputs[0]
+    assert "worker other: starting at step 2" in outputs[1], outputs[1]  # its own --out is empty
+    assert steps_done(out) == 3 and not os.path.exists(os.path.join(other_out, "last.keras"))
+    history = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert len(history) == 3 and all(np.isfinite(float(row["mask_loss"])) for row in history)
+    assert set(METRIC_NAMES) <= set(history[0])
+    load_detector(os.path.join(out, "last.keras"))  # the chief's checkpoint is a detector evaluate.py reads

@@ -3,10 +3,6 @@ import csv
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,8 +11,8 @@ import train
 from models.pspnet import recipe
 from models.recipes import parse_config
 from cityscapes_fixtures import official_train_ids, write_split
+from train_processes import kill_when, run_train, steps_done, two_worker_envs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--backbone", "resnet18", "--base-width", "8", "--crop", "32,32", "--scale-range", "0.75,1.25",
         "--batch-size", "2", "--steps-per-epoch", "2", "--keep-checkpoints", "1", "--verbose", "0"]
 
@@ -135,32 +131,6 @@ def test_steps_plan():
     assert recipe.steps_plan(config, 2975) == (4, 300, 1000)
 
 
-def _run_train(args, env=None):
-    return subprocess.Popen([sys.executable, "train.py"] + args, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _steps_done(out):
-    try:
-        with open(os.path.join(out, "state.json")) as f:
-            return json.load(f)["steps_done"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
-def _kill_when(processes, out, at_least_steps, delay):
-    """SIGKILL every process `delay` seconds after the run in `out` has saved `at_least_steps` steps."""
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in processes):
-        if _steps_done(out) >= at_least_steps:
-            break
-        time.sleep(0.05)
-    time.sleep(delay)
-    for process in processes:
-        process.kill()
-        process.wait()
-
-
 def _final_weights(out):
     import keras
 
@@ -175,17 +145,17 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_as_an_uninterrupte
                 "--save-every", "1", "--deterministic", "--resume"] + TINY
 
     reference_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-    reference = _run_train(command(reference_out))  # alongside: the runs take ~15 s each, mostly start-up
+    reference = run_train(command(reference_out))  # alongside: the runs take ~15 s each, mostly start-up
     delay = random.uniform(0.0, 1.0)  # a random moment after the first save: in a step, a save or validation
-    _kill_when([_run_train(command(out))], out, at_least_steps=1, delay=delay)
-    saved = _steps_done(out)
-    process = _run_train(command(out))
+    kill_when([run_train(command(out))], out, at_least_steps=1, delay=delay)
+    saved = steps_done(out)
+    process = run_train(command(out))
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert f"(step {saved})" in output and 0 < saved < 6, (delay, saved, output)  # it resumed mid-way
     reference_output, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, reference_output
-    assert _steps_done(out) == _steps_done(reference_out) == 6
+    assert steps_done(out) == steps_done(reference_out) == 6
     for got, want in zip(_final_weights(out), _final_weights(reference_out)):
         np.testing.assert_array_equal(got, want, err_msg=f"killed {delay:.2f} s after the first save")
 
@@ -193,27 +163,20 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_as_an_uninterrupte
 @pytest.mark.slow
 def test_two_process_multi_worker_run_killed_and_restarted_resumes_every_worker_at_the_chief_step(
         cityscapes_root, tmp_path):
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = str(tmp_path / "multiworker")
+    envs = two_worker_envs()
 
     def start_workers():
         procs = []
-        for index in range(2):
-            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                                     "index": index}}))
-            procs.append(_run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
-                                     "--out", out if index == 0 else str(tmp_path / "worker1"), "--epochs", "2",
-                                     "--save-every", "1", "--strategy", "multiworker", "--resume"]
-                                    + TINY[:-2] + ["--verbose", "1"], env=env))
+        for index, env in enumerate(envs):
+            procs.append(run_train(["--preset", "pspnet50_cityscapes_713", "--data", cityscapes_root,
+                                    "--out", out if index == 0 else str(tmp_path / "worker1"), "--epochs", "2",
+                                    "--save-every", "1", "--strategy", "multiworker", "--resume"]
+                                   + TINY[:-2] + ["--verbose", "1"], env=env))
         return procs
 
-    _kill_when(start_workers(), out, at_least_steps=2, delay=0.0)
-    saved = _steps_done(out)
+    kill_when(start_workers(), out, at_least_steps=2, delay=0.0)
+    saved = steps_done(out)
     assert 2 <= saved < 4
     procs = start_workers()
     outputs = [p.communicate(timeout=400)[0] for p in procs]
