@@ -167,3 +167,46 @@ def test_two_replicas_take_the_step_of_one_device(split, two_replica_strategy):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
         changed += not np.array_equal(before, a)
     assert changed > 20
+
+
+@pytest.mark.parametrize("policy, rtol", [("mixed_float16", 5e-3), ("mixed_bfloat16", 2e-2)])
+def test_mixed_precision_losses_match_float32_and_its_steps_train(split, policy, rtol):
+    """Under --mixed-precision's policies, on the same weights: the five losses within rtol of float32's
+    (measured: 1e-3 float16, 4.5e-3 bfloat16), float32 outputs, float32 variables, finite training steps
+    (float16 through Keras's loss-scale optimizer)."""
+    keras.utils.set_random_seed(0)
+    batch = _batch(split)
+    reference = build_mask_rcnn(split.categories.num_classes, **TINY)
+
+    def losses(detector):
+        # RoIs drawn from the ground truth (mask_rois="gt") with a fixed seed: both precisions sample the same
+        # RoIs and anchors, so the losses compare one to one.
+        trainer = DetectorTrainer(detector, mask_rois="gt", box_batch_size=32, seed=0)
+        trainer.seed_generator = keras.random.SeedGenerator(7)
+        return {name: float(value) for name, value in trainer.losses_of(batch, training=True).items()}
+
+    expected = losses(reference)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        detector = build_mask_rcnn(split.categories.num_classes, **TINY)
+        assert detector.get_layer("rpn_head").compute_dtype == policy.split("_")[1]
+        detector.set_weights(reference.get_weights())
+        got = losses(detector)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=rtol, err_msg=name)
+        outputs = detector({"images": batch["image"], "image_sizes": batch["image_size"]})
+        for name in ("boxes", "scores", "masks"):
+            assert outputs[name].dtype == tf.float32 and np.isfinite(outputs[name].numpy()).all(), name
+
+        set_stage(detector, "all", trainable_backbone_stages=5, freeze_batch_norm=False)
+        trainer = DetectorTrainer(detector, box_batch_size=32, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=100, seed=0)
+        trainer.compile(optimizer=SegmentationSGD(0.01, momentum=0.9, l2=0.0, global_clipnorm=5.0))
+        assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+        for _ in range(3):
+            logs = trainer.train_on_batch(batch, return_dict=True)
+            assert all(np.isfinite(value) for value in logs.values()), logs
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(w.dtype == "float32" and np.isfinite(w.numpy()).all() for w in detector.weights)
+    moved = sum(not np.array_equal(a, b) for a, b in zip(detector.get_weights(), reference.get_weights()))
+    assert moved > 100  # the steps trained
