@@ -23,6 +23,8 @@ Two entry points, for two costs:
                          floating-point pixels (Pillow modes I, F). An animated file gives
                          its first frame.
 
+find_images(inputs) lists the image files a user names (files, and the images inside folders).
+
 Errors are `BadImageError` (a ValueError): str(error) is one line, "PATH: what is wrong;
 what to do". `find_undecodable(paths)` maps a decode failure that TensorFlow reports
 without a file name back to the file.
@@ -41,6 +43,9 @@ JPEG_END = b"\xff\xd9"
 # inside the scan of a truncated file.
 _JPEG_TAIL = 1024
 EXIF_ORIENTATION = 0x0112
+
+# What find_images takes from a folder: the formats Pillow reads that photos come in.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 # PNG colour types (IHDR byte 25) -> channels before any conversion.
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
@@ -226,6 +231,25 @@ def find_undecodable(paths, *, reader=read_image):
         except BadImageError as error:
             return error
     return None
+
+
+def find_images(inputs):
+    """The files given, plus the IMAGE_EXTENSIONS files inside the folders given (walked, sorted).
+
+    A path that does not exist, or no image at all, stops the run: SystemExit, one line naming it.
+    """
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for folder, _, files in sorted(os.walk(item)):
+                paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise SystemExit(f"{item}: no such file or folder")
+    if not paths:
+        raise SystemExit(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(inputs)}")
+    return paths
 
 
 def write_png(path, array):

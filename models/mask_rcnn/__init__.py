@@ -5,7 +5,9 @@ detections, heads (mask branch), inference (class-picked masks, pasting);
 transform.py takes photos in and returns detections in their pixels;
 convert_torchvision.py reads torchvision's weights. build_mask_head_model is
 the older RoI-heads-only model (oracle boxes). DetectorTrainer (detector_trainer.py)
-trains the detector in stages; recipe.py is its run.
+trains the detector in stages; recipe.py is its run. evaluation.py scores a
+checkpoint on COCO (evaluate.py); run_detector.py runs a detector over a dataset
+or over photos (predict.py).
 """
 from models.mask_rcnn.detector import build_mask_rcnn, detector_layers, roi_heads_model, rpn_model
 from models.mask_rcnn.heads import ClassHead, MaskHead

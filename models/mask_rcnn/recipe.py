@@ -210,8 +210,8 @@ def run_detector_demo(config):
     """`make demo-maskrcnn`: COCO-format sample (generated once), train the detector, evaluate from raw images."""
     import time
 
-    import evaluate
     from data import samples
+    from models.mask_rcnn.evaluation import evaluate_on_coco
 
     if not os.path.isdir(os.path.join(config.data, "annotations")):
         samples.main(["coco", config.data])  # the built-in sample, at its default size
@@ -219,8 +219,7 @@ def run_detector_demo(config):
     run_dir = train_detector(config)
     trained = time.time()
     eval_dir = os.path.join(run_dir, "eval")
-    metrics = evaluate.main(["--model", "mask_rcnn", "--checkpoint", os.path.join(run_dir, "last.keras"),
-                             "--data", config.data, "--split", "val", "--out", eval_dir, "--overwrite"])
+    metrics = evaluate_on_coco(os.path.join(run_dir, "last.keras"), config.data, eval_dir, split="val")
     print("\ndemo finished:")
     print(f"  segm AP (from raw images)  {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
     print(f"  bbox AP                    {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})")

@@ -1,4 +1,5 @@
-"""Running a trained detector over a dataset (evaluate.py) or over image files (predict.py), and drawing its detections.
+"""Running a trained detector over a dataset (models/mask_rcnn/evaluation.py) or over image files
+(predict.py), and drawing its detections.
 
 Every detection ends in the original image's pixels: boxes [N, 4] float32
 (y1, x1, y2, x2), class_ids [N] int32 (1..K), scores [N] float32
@@ -109,12 +110,8 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     os.makedirs(out_dir, exist_ok=True)
     results, written, skipped = [], [], 0
     for image_id, (path, target) in enumerate(zip(paths, targets), start=1):
-        try:
-            rgb = images.read_image(path)
-        except images.BadImageError as error:
-            if not skip_bad:
-                raise
-            cli_checks.warn(f"skipped: {error}")
+        rgb = cli_checks.read_image_or_skip(path, skip_bad)
+        if rgb is None:
             skipped += 1
             continue
         detection = detect(detector, [rgb], min_size=min_size, max_size=max_size, score_threshold=score_threshold)[0]

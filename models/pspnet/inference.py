@@ -1,5 +1,6 @@
 """Semantic segmentation inference: whole image or sliding window, flip and
-multi-scale averaging, class maps, colour masks and overlays.
+multi-scale averaging, class maps, colour masks and overlays, and loading
+a checkpoint for inference (load_inference_model).
 
 predict_logits averages softmax probabilities (not raw logits) over windows,
 flips and scales, as the PSPNet reference evaluation does: probabilities of
@@ -194,3 +195,18 @@ def overlay(image_uint8, color_mask, alpha=0.5):
     image = np.asarray(image_uint8, dtype=np.float64)
     mask = np.asarray(color_mask, dtype=np.float64)
     return np.clip(np.round((1.0 - alpha) * image + alpha * mask), 0, 255).astype(np.uint8)
+
+
+def load_inference_model(checkpoint):
+    """A .keras PSPNet file (train.py's, models.convert's) -> a model with only the main logits [B, H, W, C].
+
+    Loaded with safe_mode=True (models.checkpoints.load_keras_file). Raises
+    models.checkpoints.CheckpointError (one line naming the file) for a file that
+    cannot be read or holds another kind of model (a Mask R-CNN one: "pass --model mask_rcnn").
+    """
+    from models import checkpoints
+    from models.pspnet.model import inference_model
+
+    model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.PSPNET, checkpoint,
+                                   hint="pass --model mask_rcnn")
+    return inference_model(model) if isinstance(model.output, dict) else model

@@ -306,20 +306,20 @@ def train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_st
 
 def run_demo(config):
     """`make demo`: sample data (generated once), train, evaluate, predict; prints where everything is."""
-    import evaluate
-    import predict
-    from data import samples
+    from data import images, samples
+    from models.pspnet.evaluation import evaluate_on_cityscapes
+    from models.pspnet.inference import load_inference_model
+    from models.pspnet.prediction import predict_files
 
     if not os.path.isdir(os.path.join(config.data, "leftImg8bit")):
         samples.main(["cityscapes", config.data])  # the built-in sample, at its default size
     run_dir = train_pspnet(config)
     checkpoint = os.path.join(run_dir, "best.keras")
     eval_dir = os.path.join(run_dir, "eval")
-    metrics = evaluate.main(["--model", "pspnet", "--checkpoint", checkpoint, "--data", config.data,
-                             "--split", "val", "--out", eval_dir, "--overwrite"])  # the demo's own outputs
+    metrics = evaluate_on_cityscapes(checkpoint, config.data, eval_dir, split="val")  # replaces the demo's own outputs
     predict_dir = os.path.join(run_dir, "predict")
-    val_images = os.path.join(config.data, "leftImg8bit", "val")
-    predict.main(["--checkpoint", checkpoint, val_images, "--out", predict_dir, "--overwrite"])
+    val_images = images.find_images([os.path.join(config.data, "leftImg8bit", "val")])
+    predict_files(load_inference_model(checkpoint), val_images, predict_dir, overwrite=True)
     print("\ndemo finished:")
     print(f"  val mIoU            {metrics['mIoU']:.4f}")
     print(f"  checkpoints, curves {run_dir}/ (best.keras, curves.png, history.csv)")

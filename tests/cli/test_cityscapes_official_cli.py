@@ -7,8 +7,8 @@ import sys
 import pytest
 from test_evaluate import NoisyOracle, _hide_labels_in_images
 
-import evaluate
 from data import cityscapes
+from models.pspnet.evaluation import evaluate_pspnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +20,7 @@ def test_csEvalPixelLevelSemanticLabeling_reads_our_folder_and_agrees(tmp_path):
                     "--num-val", "3", "--size", "64x128"], cwd=REPO, check=True, capture_output=True, timeout=300)
     _hide_labels_in_images(str(root), "val")
     dataset = cityscapes.eval_pipeline(cityscapes.read_folder(str(root), "val"))
-    metrics = evaluate.evaluate_pspnet(NoisyOracle(), dataset, str(out))
+    metrics = evaluate_pspnet(NoisyOracle(), dataset, str(out))
     assert len(os.listdir(out / "color")) == 3  # colour previews kept, out of the evaluator's way
 
     export.mkdir()

@@ -1,4 +1,5 @@
-"""evaluate.py: scores against independent counts and against the official cityscapesScripts evaluator."""
+"""evaluate.py and models/pspnet/evaluation.py: scores against independent counts and against the official
+cityscapesScripts evaluator."""
 import json
 import os
 import zlib
@@ -12,6 +13,7 @@ from cityscapesscripts.helpers.labels import labels as official_labels
 import evaluate
 from cityscapes_fixtures import official_train_ids, write_split
 from data import cityscapes
+from models.pspnet.evaluation import SegmentationScores, evaluate_pspnet
 
 C = 19
 
@@ -32,7 +34,7 @@ def _reference_scores(gt, pred, num_classes):
 
 def test_scores_equal_per_class_counts_over_several_images():
     rng = np.random.default_rng(0)
-    scores = evaluate.SegmentationScores(C)
+    scores = SegmentationScores(C)
     gts, preds = [], []
     for _ in range(3):
         gt = rng.integers(0, 12, size=(20, 30))  # classes 12..18 absent everywhere
@@ -51,7 +53,7 @@ def test_scores_equal_per_class_counts_over_several_images():
 
 
 def test_hand_computed_two_class_case():
-    scores = evaluate.SegmentationScores(3)
+    scores = SegmentationScores(3)
     scores.update(np.array([0, 0, 1, 1, 255]), np.array([0, 1, 1, 1, 2]))
     # class 0: tp 1, fn 1 -> 1/2; class 1: tp 2, fp 1 -> 2/3; class 2 absent from both -> left out
     assert scores.mean_iou() == pytest.approx((1 / 2 + 2 / 3) / 2)
@@ -90,7 +92,7 @@ def test_metrics_and_files_equal_the_official_cityscapes_evaluator(tmp_path):
     write_split(root, "val", num_images=3)
     _hide_labels_in_images(root, "val")
     dataset = cityscapes.eval_pipeline(cityscapes.read_folder(root, "val"))
-    metrics = evaluate.evaluate_pspnet(NoisyOracle(), dataset, out)
+    metrics = evaluate_pspnet(NoisyOracle(), dataset, out)
     assert json.load(open(os.path.join(out, "metrics.json")))["mIoU"] == pytest.approx(metrics["mIoU"])
     assert os.path.exists(os.path.join(out, "confusion_matrix.png"))
 

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-import evaluate
 from models.pspnet import recipe
+from models.pspnet.evaluation import evaluate_pspnet
+from models.pspnet.inference import load_inference_model
 from models.recipes import parse_config
 from data import cityscapes
 from data.synthetic_cityscapes import write_cityscapes_sample
@@ -20,9 +21,9 @@ def test_overfits_one_sample_image_to_miou_above_0_9(tmp_path):
         "--steps-per-epoch", "50", "--lr", "0.05", "--head-lr-multiplier", "10", "--dropout", "0", "--weight-decay", "0",
         "--verbose", "0"])
     run_dir = recipe.train_pspnet(config)
-    model = evaluate.load_segmentation_model(f"{run_dir}/last.keras")
+    model = load_inference_model(f"{run_dir}/last.keras")
     dataset = cityscapes.eval_pipeline(cityscapes.read_folder(root, "train"))
-    metrics = evaluate.evaluate_pspnet(model, dataset, str(tmp_path / "eval"), write_predictions=False)
+    metrics = evaluate_pspnet(model, dataset, str(tmp_path / "eval"), write_predictions=False)
     present = [v for v in metrics["per_class_iou"].values() if v is not None]
     assert len(present) >= 8  # the image really holds many classes
     print("overfit mIoU", metrics["mIoU"])

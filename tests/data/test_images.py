@@ -177,3 +177,17 @@ def test_label_maps_must_be_8_bit_single_channel_png(tmp_path):
         with pytest.raises(BadImageError, match="must be an 8-bit single-channel PNG") as error:
             images.check_label_png(str(tmp_path / name))
         assert _single_line(error).startswith(str(tmp_path / name))
+
+
+def test_find_images_lists_files_given_and_images_in_folders_sorted(tmp_path):
+    for name in ("b/2.JPG", "b/1.png", "a/x.webp", "a/notes.txt", "a/deeper/y.tif", "single.dat"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # only names count here: find_images lists, it does not read
+    found = images.find_images([str(tmp_path / "single.dat"), str(tmp_path / "b"), str(tmp_path / "a")])
+    assert [str(p.relative_to(tmp_path)) for p in map(type(tmp_path), found)] == [
+        "single.dat", "b/1.png", "b/2.JPG", "a/x.webp", "a/deeper/y.tif"]  # a file given is taken whatever its name
+    with pytest.raises(SystemExit, match="missing.png: no such file or folder"):
+        images.find_images([str(tmp_path / "b"), str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"no images \(.png, .jpg, .*\) in .*empty"):
+        images.find_images([str(tmp_path / "empty")])

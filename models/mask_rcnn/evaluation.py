@@ -1,0 +1,87 @@
+"""COCO evaluation of a Mask R-CNN checkpoint (what `evaluate.py --model mask_rcnn` runs).
+
+    metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/")               # from raw images
+    metrics = evaluate_on_coco("heads.keras", "/data/coco", "eval/", boxes="gt")           # oracle boxes
+
+The detections come from models/mask_rcnn/run_detector.py (detect_dataset), the
+oracle masks from models/mask_rcnn/inference.py (predict_oracle_masks), the
+results files and COCOeval from data/coco_results.py.
+"""
+import json
+import os
+
+
+def _load_checkpoint(checkpoint):
+    """A .keras Mask R-CNN file -> (model, detector): the model in it, and its build_mask_rcnn detector.
+
+    model: a detector, a DetectorTrainer, or a mask-head model (models.build_mask_head_model,
+    a MaskHeadTrainer); detector: model.detector where there is one, else model itself.
+    Raises models.checkpoints.CheckpointError (one line naming the file) for a file that
+    cannot be read or holds a PSPNet ("pass --model pspnet").
+    """
+    from models import checkpoints
+
+    model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.MASK_RCNN, checkpoint,
+                                   hint="pass --model pspnet")
+    return model, getattr(model, "detector", model)
+
+
+def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
+                     short_side=None, long_side=None, max_images=0):
+    """COCO AP of a Mask R-CNN checkpoint on one split; writes results and metrics.json, prints them; returns metrics.
+
+    boxes="detector": the detector from raw images; writes
+    out_dir/bbox_results.json and out_dir/segm_results.json (COCO results
+    format, the category ids the model carries) and out_dir/metrics.json
+    (bbox_* and segm_*: COCOeval's twelve numbers each).
+    boxes="gt": masks for the ground-truth boxes (the oracle setting; a detector
+    checkpoint or a mask-head one); out_dir/segm_results.json and metrics.json
+    with segm AP. class_source ("predicted" or "ground_truth"): which class
+    picks each box's mask channel (and gives its category).
+    Images are resized as in training (detector_io.inference_sizes: short_side,
+    long_side, else the run's config.json, else 800 / 1333). max_images: the
+    first N only (0 = all). metrics also holds boxes, images, detections (and
+    class_source for boxes="gt"). User errors raise SystemExit or
+    CheckpointError, one line naming the file and the evaluate.py flag.
+    """
+    from data import coco
+    from data.coco_results import bbox_results, evaluate_results
+    from models.mask_rcnn import predict_oracle_masks
+    from models.mask_rcnn.detector_io import inference_sizes, is_detector, oracle_heads_model
+    from models.mask_rcnn.run_detector import ModelCategories, detect_dataset
+
+    model, detector = _load_checkpoint(checkpoint)
+    if boxes == "detector" and not is_detector(detector):
+        raise SystemExit(f"--checkpoint {checkpoint}: holds a mask-head model (no RPN); evaluate it with --boxes gt")
+    try:
+        split_data = coco.read_coco(data_dir, split)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--data {data_dir}: {error}")
+    sizes = inference_sizes(checkpoint, short_side, long_side)
+    dataset = coco.make_dataset(split_data, batch_size=1, training=False, **sizes)
+    if max_images:
+        dataset = dataset.take(max_images)
+    os.makedirs(out_dir, exist_ok=True)
+    if boxes == "gt":
+        heads = oracle_heads_model(detector) if is_detector(detector) else model
+        predictions = predict_oracle_masks(heads, dataset, class_source=class_source)
+        categories = ModelCategories(detector) if is_detector(detector) else split_data.categories
+        results = {"segm": coco.segm_results(predictions, categories)}
+        metrics = coco.evaluate_segm(split_data.coco, results["segm"])
+    else:
+        predictions = detect_dataset(detector, dataset)
+        categories = ModelCategories(detector)
+        results = {"bbox": bbox_results(predictions, categories), "segm": coco.segm_results(predictions, categories)}
+        metrics = {}
+        for iou_type, found in results.items():
+            metrics.update(evaluate_results(split_data.coco, found, iou_type))
+    for iou_type, found in results.items():
+        coco.write_results(os.path.join(out_dir, f"{iou_type}_results.json"), found)
+    metrics.update(boxes=boxes, images=len(predictions), detections=sum(len(p["class_ids"]) for p in predictions))
+    if boxes == "gt":
+        metrics["class_source"] = class_source
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print("\n".join(f"{key:<14}{value:.4f}" for key, value in metrics.items() if isinstance(value, float)))
+    print(f"wrote {out_dir}/{'_results.json, '.join(results)}_results.json and metrics.json")
+    return metrics
