@@ -41,12 +41,25 @@ def resize_normalize_pad(images, decoded_sizes, image_sizes, *, size_divisible=3
     def one(args):
         image, decoded, size = args
         pixels = tf.image.resize(image[:decoded[0], :decoded[1]], size, method="bilinear", antialias=False)
-        pixels = (tf.cast(pixels, tf.float32) - INPUT_MEAN) / INPUT_STD  # resized, then normalised: torchvision's order
+        pixels = _normalize(tf.cast(pixels, tf.float32))  # resized, then normalised: torchvision's order
         return tf.pad(pixels, [[0, padded[0] - size[0]], [0, padded[1] - size[1]], [0, 0]])
 
     # One image at a time: each has its own size. The loop runs in the graph (no Python per image).
     return tf.map_fn(one, (images, decoded_sizes, image_sizes),
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
+
+
+def _normalize(pixels):
+    """[h, w, 3] float32 RGB 0..255 -> (pixels - INPUT_MEAN) / INPUT_STD, the same arithmetic.
+
+    Computed on [h, w * 3] rows against the mean and std tiled w times: broadcasting a [3] vector
+    over the last axis took 5.4 CPU ms per 800x1066 image here, rows 1.4 ms.
+    """
+    shape = tf.shape(pixels)
+    rows = tf.reshape(pixels, [shape[0], shape[1] * 3])
+    mean = tf.tile(tf.constant(INPUT_MEAN, tf.float32), [shape[1]])
+    std = tf.tile(tf.constant(INPUT_STD, tf.float32), [shape[1]])
+    return tf.reshape((rows - mean) / std, shape)
 
 
 def detector_inputs(batch, *, size_divisible=32):
