@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # steps here, see BENCHMARKS.md. TF_ENABLE_ONEDNN_OPTS=0 in the environment turns them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-AREAS = ("losses", "pipeline", "coco_input", "pspnet", "mask_rcnn", "detector", "memory")
+AREAS = ("losses", "pipeline", "coco_input", "coco_pipeline", "pspnet", "mask_rcnn", "detector", "memory")
 
 
 def _format(results, judge=True):

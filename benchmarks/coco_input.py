@@ -1,15 +1,13 @@
-"""COCO input at scale: conversion throughput, time to the first batch, reader memory, pipeline cost vs JPEG decoding.
+"""COCO input at scale: conversion throughput, time to the first batch, reader memory.
 
-Annotation side: COCO-sized annotation files (data.synthetic_coco.write_coco_annotations_at_scale:
+COCO-sized annotation files (data.synthetic_coco.write_coco_annotations_at_scale:
 10k and 118k images, ~7.3 instances each, as train2017's 118k / 860k; tiny 64x80 images) are
 converted once (data.coco_convert, one worker per core), then a fresh process opens the split as
 train.py does (data.coco.read_coco) and times the first batch (TensorFlow's import left out) and
 reads on to its peak memory (VmHWM). At 10k the in-memory route (read_coco(in_memory=True)) is
 measured the same way for comparison.
 
-Pipeline side: the train pipeline (800x1333, flip, batch 2) over records of 480x640 JPEG scenes
-(COCO's typical size) against reading + JPEG decoding alone, timed alternately as
-data.cityscapes.benchmark_pipeline does; the figure is CPU time per image, full / decode.
+The pipeline's cost against JPEG decoding: benchmarks.coco_pipeline (--only coco_pipeline).
 """
 import json
 import os
@@ -19,7 +17,7 @@ import tempfile
 import time
 
 
-from benchmarks.harness import Result, median_pass_seconds
+from benchmarks.harness import Result
 
 _PROBE = r"""
 import json, os, sys, time
@@ -84,41 +82,6 @@ def _annotation_side(root, quick):
     return results
 
 
-def _pipeline_side(root, quick):
-    import tensorflow as tf
-
-    from data import coco
-    from data.coco_convert import convert
-    from data.coco_records import open_records, read_records
-    from data.synthetic_coco import write_coco_sample
-
-    size, num_images, num_elements, repeats = ((64, 80), 4, 8, 2) if quick else ((480, 640), 8, 120, 3)
-    sides = dict(short_side=64, long_side=106) if quick else dict(short_side=800, long_side=1333)
-    data_dir = os.path.join(root, "pipeline")
-    write_coco_sample(data_dir, num_train=num_images, num_val=1, size=size, seed=0)
-    records_dir = os.path.join(data_dir, "records")
-    convert(*coco.split_paths(data_dir, "train"), records_dir, num_workers=1, log=lambda line: None)
-    split = open_records(records_dir)
-    decode = read_records(split, training=False).repeat().map(
-        lambda e: tf.io.decode_image(e["image_bytes"], channels=3, expand_animations=False),
-        num_parallel_calls=tf.data.AUTOTUNE).take(num_elements).prefetch(tf.data.AUTOTUNE)
-    full = coco.make_dataset(split, batch_size=2, training=True, seed=0, **sides).take(num_elements // 2)
-
-    (decode_s, decode_cpu), (full_s, full_cpu) = median_pass_seconds([decode, full], repeats=repeats)
-    image = f"{num_elements} img {size[0]}x{size[1]}"
-    return [
-        Result("coco pipeline decode only", image, decode_s / num_elements,
-               throughput=f"{num_elements / decode_s:.1f} img/s",
-               note=f"records read + parse + JPEG decode; {1000 * decode_cpu / num_elements:.1f} CPU ms/img"),
-        Result("coco pipeline full train", f"{image} -> {sides['short_side']}x{sides['long_side']}",
-               full_s / num_elements,
-               throughput=f"{num_elements / full_s:.1f} img/s",
-               note=f"decode + resize/flip/normalize/pad + batch 2; {1000 * full_cpu / num_elements:.1f} CPU ms/img"),
-        Result("coco pipeline full / decode-only time", image, full_s / num_elements, ratio=full_cpu / decode_cpu,
-               target="<= 1.3", note=f"CPU time per image; wall-clock ratio {full_s / decode_s:.2f}"),
-    ]
-
-
 def run(quick=False):
     with tempfile.TemporaryDirectory(prefix="bench_coco_") as root:
-        return _annotation_side(root, quick) + _pipeline_side(root, quick)
+        return _annotation_side(root, quick)

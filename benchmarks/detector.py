@@ -161,21 +161,23 @@ def ground_truth(mask_size=56):
 
 
 def training_batch(image, truth, max_instances=100):
-    """A data.coco.make_dataset-style batch of two copies of `image` ([h, w, 3] uint8), instances padded
-    to max_instances (data.coco's default) with class 0: a dict of NumPy arrays."""
-    from models.mask_rcnn.transform import preprocess
+    """A data.coco.make_dataset-style batch of two copies of `image` ([h, w, 3] uint8, kept as decoded: the
+    trainer resizes it to image_size, data.coco's rule at 800 / 1333), instances padded to max_instances
+    (data.coco's default) with class 0: a dict of NumPy arrays."""
+    from data.coco import resized_size
 
-    inputs = preprocess([image, image])
+    original = np.array(image.shape[:2], np.int32)
+    resized = np.array([int(v) for v in resized_size(*original)], np.int32)
     count = len(truth["boxes"])
 
     def padded(array):
         return np.stack([np.pad(array, [(0, max_instances - count)] + [(0, 0)] * (array.ndim - 1))] * 2)
 
-    return {"image": inputs["images"].numpy(), "image_size": inputs["image_sizes"].numpy(),
+    return {"image": np.stack([image, image]), "image_size": np.stack([resized, resized]),
             "boxes": padded(truth["boxes"]), "class_ids": padded(truth["class_ids"]),
             "masks": padded(truth["masks"]), "crowd_boxes": np.zeros((2, max_instances, 4), np.float32),
             "num_instances": np.full(2, count, np.int32), "image_id": np.arange(2, dtype=np.int64),
-            "original_size": inputs["original_sizes"].numpy()}
+            "original_size": np.stack([original, original])}
 
 
 def training_step_ours(keras_path):

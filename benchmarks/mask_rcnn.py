@@ -189,7 +189,8 @@ def _paste_rows(cfg, rng):
 
 def synthetic_batch(rng, batch_size, image_size, max_instances, num_gt, mask_size=56):
     """A batch as data.coco.make_dataset(training=True) yields it: num_gt instances per image, padded to
-    max_instances; images normalised-looking noise, masks random 0/1 crops."""
+    max_instances; images uint8 noise at image_size (the model's resize keeps that size), masks random
+    0/1 crops."""
     height, width = image_size
     boxes = np.zeros((batch_size, max_instances, 4), np.float32)
     class_ids = np.zeros((batch_size, max_instances), np.int32)
@@ -200,7 +201,7 @@ def synthetic_batch(rng, batch_size, image_size, max_instances, num_gt, mask_siz
         masks[b, :num_gt] = rng.random((num_gt, mask_size, mask_size)) < 0.5
     sizes = np.tile(np.array([[height, width]], np.int32), (batch_size, 1))
     return {
-        "image": tf.constant(rng.normal(size=(batch_size, height, width, 3)).astype(np.float32)),
+        "image": tf.constant(rng.integers(0, 256, size=(batch_size, height, width, 3), dtype=np.uint8)),
         "image_id": tf.range(batch_size, dtype=tf.int64),
         "boxes": tf.constant(boxes), "class_ids": tf.constant(class_ids), "masks": tf.constant(masks),
         "num_instances": tf.fill([batch_size], num_gt),

@@ -19,6 +19,13 @@ Conventions used by everything that consumes this module:
 - Instance masks are stored compactly: each instance's mask resampled inside its
   box to mask_size x mask_size (default 56), uint8 0..255 (soft at the edges;
   threshold at 128 for a binary mask). Targets for any RoI are cut from these.
+- Images reach the model as decoded: uint8 at the file's own size (flipped when
+  training), zero-padded to the batch's largest. The model resizes each to its
+  element's image_size (resized_size: the short side to short_side unless the
+  long side passes long_side), normalises and pads to /32
+  (models.mask_rcnn.transform.detector_inputs), as torchvision's
+  GeneralizedRCNNTransform does inside its model: a batch holds 0.9 MB per
+  480x640 image instead of a 10 MB float32 800x1066 one.
 """
 import contextlib
 import dataclasses
@@ -32,8 +39,6 @@ import numpy as np
 import tensorflow as tf
 from pycocotools.coco import COCO
 
-# The same ImageNet normalisation as the Cityscapes pipeline.
-from data.augment import normalize_image
 from data.coco_json import CocoFileNotFound, CocoInputError, load_instances  # noqa: F401  (CLIs catch these)
 from data.coco_masks import annotation_mask, crop_mask  # noqa: F401  (part of this module's API)
 from data.coco_results import SEGM_METRICS, evaluate_segm, segm_results, write_results  # noqa: F401  (likewise)
@@ -223,26 +228,35 @@ def image_instances(image, annotations, categories, mask_size, dropped):
         crowd_boxes=np.asarray(crowd_boxes, np.float32).reshape(-1, 4))
 
 
-def resized_size(height, width, short_side, long_side):
+def resized_size(height, width, short_side=800, long_side=1333):
     """Size after scaling so the short side is short_side unless the long side would pass long_side.
 
-    Works on Python ints or int32 tensors; returns (new_height, new_width) rounded.
+    torchvision's rule exactly (GeneralizedRCNNTransform in eager mode): scale =
+    min(short_side / short, long_side / long) and size = floor(side * scale), all
+    in float64 as Python computes them (a float32 scale gives 799 for 480x640
+    where torchvision gives 800; a float32 product 1333 for 100x298 where it gives
+    1332). The one resize rule of the project: the COCO pipeline's targets and
+    models.mask_rcnn.transform both use it.
+    height, width: Python ints or int tensors of any shape (e.g. [B]).
+    Returns (new_height, new_width) int32 tensors of that shape.
     """
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
     scale = tf.minimum(short_side / tf.minimum(h, w), long_side / tf.maximum(h, w))
-    return (tf.cast(tf.round(h * scale), tf.int32), tf.cast(tf.round(w * scale), tf.int32))
+    return tf.cast(tf.floor(h * scale), tf.int32), tf.cast(tf.floor(w * scale), tf.int32)
 
 
-def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333, stride=32, seed=None,
-                 drop_remainder=None, input_context=None):
+def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333, seed=None, drop_remainder=None,
+                 input_context=None):
     """tf.data pipeline of one split: a CocoSplit (in memory) or a data.coco_records.CocoRecords.
 
     Per step (tensor ops only): decode, random horizontal flip when training
-    (boxes and masks too), ImageNet normalisation, resize keeping aspect
-    (short_side / long_side limits), zero padding (= the mean colour after
-    normalisation) to a multiple of `stride`, then to the largest image in the
-    batch. Instances are padded to split.max_instances with class 0.
+    (the image, boxes and masks), the size the model will resize the image to
+    (resized_size with short_side / long_side) and the boxes scaled to it.
+    Images stay uint8 at their decoded size, zero-padded to the largest in the
+    batch: the model resizes, normalises and pads them
+    (models.mask_rcnn.transform.detector_inputs(element) gives the detector's
+    input). Instances are padded to split.max_instances with class 0.
     Training shuffles every epoch (seeded) and repeats forever; evaluation
     runs once, in image-id order, and keeps the last partial batch. Whether an
     image is flipped depends only on (seed, epoch, image id), so both kinds of
@@ -251,11 +265,17 @@ def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333,
     share of the images (records only; see data.coco_records.read_records).
 
     Elements, with M = split.max_instances and S = split.mask_size:
-      image [B, H, W, 3] float32; image_id [B] int64;
+      image [B, Hd, Wd, 3] uint8: RGB as decoded (flipped when training), image b
+        in image[b, :original_size[b, 0], :original_size[b, 1]], zeros beyond
+        (Hd, Wd: the batch's largest decoded height and width);
+      original_size [B, 2] int32: (height, width) as decoded = as annotated;
+      image_size [B, 2] int32: (height, width) the model resizes image b to
+        (resized_size(original_size, short_side, long_side)); boxes, crowd boxes
+        and the model's outputs are in pixels of this resized image;
+      image_id [B] int64;
       boxes [B, M, 4] float32 (y1, x1, y2, x2 in resized-image pixels, zeros for padding);
       class_ids [B, M] int32 (0 = padding); masks [B, M, S, S] uint8 (box crops);
-      num_instances [B] int32; crowd_boxes [B, M, 4] float32 (resized pixels);
-      image_size [B, 2] int32 (resized, before padding); original_size [B, 2] int32.
+      num_instances [B] int32; crowd_boxes [B, M, 4] float32 (resized pixels).
     """
     drop_remainder = training if drop_remainder is None else drop_remainder
     # Flips are stateless: drawn from (seed, epoch, image id); without a seed, from a random one.
@@ -269,7 +289,7 @@ def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333,
 
         dataset = read_records(split, training=training, seed=seed, input_context=input_context)
     prepare = functools.partial(prepare_example, training=training, short_side=short_side, long_side=long_side,
-                                stride=stride, max_instances=split.max_instances, flip_seed=flip_seed)
+                                max_instances=split.max_instances, flip_seed=flip_seed)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.padded_batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -312,7 +332,7 @@ def _read_bytes(path):
         return f.read()
 
 
-def prepare_example(example, *, training, short_side, long_side, stride, max_instances, flip_seed):
+def prepare_example(example, *, training, short_side, long_side, max_instances, flip_seed):
     """One example -> one (unbatched) element of make_dataset.
 
     example: image_bytes [] string (the encoded file), image_id [] int64, epoch
@@ -322,7 +342,9 @@ def prepare_example(example, *, training, short_side, long_side, stride, max_ins
     """
     image = tf.io.decode_image(example["image_bytes"], channels=3, expand_animations=False)
     original = example["original_size"]
-    new_h, new_w = resized_size(tf.shape(image)[0], tf.shape(image)[1], short_side, long_side)
+    # The model crops each image to original_size: the file must hold that size (both readers check it).
+    tf.debugging.assert_equal(tf.shape(image)[:2], original, message="decoded image size != original_size")
+    new_h, new_w = resized_size(original[0], original[1], short_side, long_side)
     box_scale = tf.stack([new_h, new_w, new_h, new_w]) / tf.tile(original, [2])
     boxes = example["boxes"] * tf.cast(box_scale, tf.float32)
     crowd_boxes = example["crowd_boxes"] * tf.cast(box_scale, tf.float32)
@@ -332,18 +354,11 @@ def prepare_example(example, *, training, short_side, long_side, stride, max_ins
         key = tf.stack([tf.constant(flip_seed, tf.int64), example["epoch"] * 2 ** 31 + example["image_id"]])
         flip = tf.random.stateless_uniform([], seed=key) < 0.5
         width = tf.cast(new_w, tf.float32)
-        # The decoded uint8 image is mirrored, before resizing: a tenth of the bytes to move, and
-        # tf.reverse, not a ::-1 slice (a strided slice took 14 ms on an 800x1066 float image here).
+        # tf.reverse, not a ::-1 slice (a strided-slice kernel: 14 ms on an 800x1066 float image here).
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
         boxes = tf.cond(flip, lambda: _flip_boxes(boxes, width), lambda: boxes)
         crowd_boxes = tf.cond(flip, lambda: _flip_boxes(crowd_boxes, width), lambda: crowd_boxes)
         masks = tf.cond(flip, lambda: tf.reverse(masks, [2]), lambda: masks)
-    # Normalised before resizing (bilinear weights sum to 1, so the order does not matter but for
-    # rounding): the arithmetic runs on the decoded size, not on the larger resized one.
-    image = tf.image.resize(normalize_image(image), [new_h, new_w], method="bilinear")
-    padded_h = -(-new_h // stride) * stride
-    padded_w = -(-new_w // stride) * stride
-    image = tf.pad(image, [[0, padded_h - new_h], [0, padded_w - new_w], [0, 0]])
     count = tf.shape(boxes)[0]
     extra = max_instances - count
     return dict(

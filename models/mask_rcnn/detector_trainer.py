@@ -39,6 +39,7 @@ from models.mask_rcnn.detector import detector_layers, freeze_backbone
 from models.mask_rcnn.detector_losses import LOSS_NAMES, detector_losses
 from models.mask_rcnn.rpn import Proposals
 from models.mask_rcnn.targets import box_head_targets, sample_rois
+from models.mask_rcnn.transform import detector_inputs
 
 STAGES = ("heads", "mask_head", "all")
 MASK_ROIS = ("proposals", "gt")
@@ -136,9 +137,7 @@ class DetectorTrainer(keras.Model):
     def call(self, inputs, training=False):
         """The detector's detections: of its own inputs, or of a data.coco batch (what Keras hands over
         when it builds the trainer inside fit)."""
-        if "images" not in inputs:
-            inputs = {"images": inputs["image"], "image_sizes": tf.cast(inputs["image_size"], tf.int32)}
-        return self.detector(inputs, training=training)
+        return self.detector(detector_inputs(inputs), training=training)
 
     def _candidates(self, data, rpn):
         """Candidate RoIs [B, P, 4] and their validity [B, P] for box_head_targets (no gradient)."""
@@ -152,7 +151,8 @@ class DetectorTrainer(keras.Model):
 
     def losses_of(self, data, training):
         """detector_losses of one data.coco batch (a dict of scalars: the five losses and their sum)."""
-        images, image_sizes = data["image"], data["image_size"]
+        inputs = detector_inputs(data)  # uint8 images resized, normalised and padded here, in the step's graph
+        images, image_sizes = inputs["images"], inputs["image_sizes"]
         pyramid = self.stages["fpn"](images, training=training)
         levels = [pyramid[f"P{k}"] for k in range(2, 7)]
         anchors = self.stages["anchors"]([images, *levels])

@@ -287,15 +287,18 @@ def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=
     """
     if class_source not in ("predicted", "ground_truth"):
         raise ValueError(f'class_source must be "predicted" or "ground_truth", got {class_source!r}')
+    # Imported here: the transform module imports this one (paste_masks).
+    from models.mask_rcnn.transform import detector_inputs
+
     network = getattr(model, "network", model)
 
     @tf.function(reduce_retracing=True)
-    def run(image, rois):
-        return network({"image": image, "rois": rois}, training=False)
+    def run(batch):
+        return network({"image": detector_inputs(batch)["images"], "rois": batch["boxes"]}, training=False)
 
     predictions = []
     for batch in dataset:
-        outputs = run(batch["image"], batch["boxes"])
+        outputs = run({key: batch[key] for key in ("image", "original_size", "image_size", "boxes")})
         if class_source == "predicted":
             class_ids, scores, masks = outputs["class_ids"], outputs["scores"], outputs["masks"]
         else:

@@ -7,7 +7,7 @@ Every detection ends in the original image's pixels: boxes [N, 4] float32
 """
 import numpy as np
 
-from models.mask_rcnn.transform import detect, in_original_pixels, run_graph
+from models.mask_rcnn.transform import detect, detector_inputs, in_original_pixels, run_graph
 
 
 class ModelCategories:
@@ -33,14 +33,16 @@ class ModelCategories:
 def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5):
     """Detections of every image of a data.coco.make_dataset(..., training=False) dataset.
 
-    Images are fed as the pipeline resized and padded them; boxes and masks come
+    Images are resized, normalised and padded as the pipeline's image_size says
+    (transform.detector_inputs, the transform detect uses); boxes and masks come
     back in each original image's pixels (transform.in_original_pixels, as
     transform.detect does for photos).
     Returns a list, one dict per image: image_id int and the module's detection fields.
     """
     predictions = []
     for batch in dataset:
-        outputs = run_graph(detector, batch["image"], batch["image_size"])
+        inputs = detector_inputs(batch)
+        outputs = run_graph(detector, inputs["images"], inputs["image_sizes"])
         for b, (resized, original) in enumerate(zip(batch["image_size"].numpy(), batch["original_size"].numpy())):
             detection = in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
                                            mask_threshold=mask_threshold)

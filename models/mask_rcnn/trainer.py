@@ -18,6 +18,7 @@ import tensorflow as tf
 import losses
 from losses.distribute import replica_share_of_mean
 from models.mask_rcnn.targets import mask_targets, sample_rois
+from models.mask_rcnn.transform import detector_inputs
 
 
 def head_losses(outputs, targets):
@@ -73,7 +74,8 @@ class MaskHeadTrainer(keras.Model):
         return list(self.trackers.values())
 
     def _step(self, data, sampled, training):
-        outputs = self.network({"image": data["image"], "rois": sampled["rois"]}, training=training)
+        images = detector_inputs(data)["images"]  # the data.coco batch's uint8 images, as the network takes them
+        outputs = self.network({"image": images, "rois": sampled["rois"]}, training=training)
         mask_size = outputs["mask_logits"].shape[2]
         targets = dict(sampled, masks=mask_targets(data["masks"], data["boxes"], sampled["rois"],
                                                    sampled["gt_index"], mask_size))

@@ -155,19 +155,24 @@ def test_missing_annotation_file_is_one_clear_line(tmp_path):
         coco_data.read_coco(str(tmp_path), "val")
 
 
-def test_eval_pipeline_resizes_pads_and_normalises(root, train):
-    # 96x128 -> short side 120 (scale 1.25) -> 120x160, padded to 128x160.
+def _decoded(record):
+    """The image file decoded by TF's JPEG decoder, the reference decoder (PIL upsamples chroma differently)."""
+    return tf.io.decode_jpeg(tf.io.read_file(record["path"]), channels=3).numpy()
+
+
+def test_eval_pipeline_hands_decoded_images_and_the_resized_geometry(root, train):
+    # 96x128 -> short side 120 (scale 1.25) -> 120x160: the model's size; the image itself stays 96x128 uint8.
     dataset = coco_data.make_dataset(train, batch_size=3, training=False, short_side=120, long_side=1000)
     batches = list(dataset)
     assert len(batches) == 3 and batches[-1]["image"].shape[0] == 2
     first = batches[0]
-    assert first["image"].shape == (3, 128, 160, 3)
+    assert first["image"].dtype == tf.uint8 and first["image"].shape == (3, *SIZE, 3)
     np.testing.assert_array_equal(first["image_size"], [[120, 160]] * 3)
     np.testing.assert_array_equal(first["original_size"], [list(SIZE)] * 3)
-    assert np.all(first["image"][:, 120:] == 0)
     for b in range(3):
         record = train.records[b]
         n = len(record["class_ids"])
+        np.testing.assert_array_equal(first["image"][b], _decoded(record))
         assert first["image_id"][b] == record["image_id"]
         assert first["num_instances"][b] == n
         np.testing.assert_allclose(first["boxes"][b, :n], record["boxes"] * 1.25, rtol=1e-6)
@@ -176,32 +181,54 @@ def test_eval_pipeline_resizes_pads_and_normalises(root, train):
         np.testing.assert_array_equal(first["masks"][b, :n], record["masks"])
 
 
-def test_normalisation_at_scale_one(train):
-    dataset = coco_data.make_dataset(train, batch_size=1, training=False, short_side=96, long_side=1000)
-    element = next(iter(dataset))
-    # TF's JPEG decoder as the reference decoder (PIL upsamples chroma differently).
-    pixels = tf.io.decode_jpeg(tf.io.read_file(train.records[0]["path"]), channels=3).numpy().astype(np.float64)
-    np.testing.assert_allclose(element["image"][0, :96], (pixels - MEAN) / STD, atol=1e-5)
-    assert np.all(element["image"][0, 96:] == 0)
+def test_images_of_different_sizes_are_zero_padded_and_resized_by_the_rule(tmp_path):
+    # Two folders of different image sizes, one split: 60x80 and 96x128 images in the same batch.
+    small, large = str(tmp_path / "small"), str(tmp_path / "large")
+    write_coco_sample(small, num_train=1, num_val=1, size=(60, 80), seed=1)
+    write_coco_sample(large, num_train=1, num_val=1, size=SIZE, seed=2)
+    split = coco_data.read_coco(small, "train", in_memory=True)
+    split.records = split.records[:1] + coco_data.read_coco(large, "train", in_memory=True).records[:1]
+    element = next(iter(coco_data.make_dataset(split, batch_size=2, training=False, short_side=50, long_side=70)))
+    assert element["image"].shape == (2, *SIZE, 3)
+    np.testing.assert_array_equal(element["image"][0, :60, :80], _decoded(split.records[0]))
+    assert np.all(element["image"][0, 60:] == 0) and np.all(element["image"][0, :, 80:] == 0)
+    np.testing.assert_array_equal(element["original_size"], [[60, 80], list(SIZE)])
+    # torchvision's rule in plain Python floats (the scale and the products in float64, floored)
+    expected = [(int(h * min(50 / min(h, w), 70 / max(h, w))), int(w * min(50 / min(h, w), 70 / max(h, w))))
+                for h, w in [(60, 80), SIZE]]
+    np.testing.assert_array_equal(element["image_size"], expected)
+
+
+def test_the_model_input_of_an_element_is_the_resized_normalised_image(train):
+    # Scale one: the detector's input is the decoded image normalised, zeros padding it to /32.
+    from models.mask_rcnn.transform import detector_inputs
+
+    element = next(iter(coco_data.make_dataset(train, batch_size=1, training=False, short_side=96, long_side=1000)))
+    inputs = detector_inputs(element)
+    assert inputs["images"].shape == (1, 96, 128, 3)
+    pixels = _decoded(train.records[0]).astype(np.float64)
+    np.testing.assert_allclose(inputs["images"][0], (pixels - MEAN) / STD, atol=1e-5)
 
 
 def test_training_flip_mirrors_image_boxes_and_masks(train):
-    kw = dict(short_side=96, long_side=1000)
+    kw = dict(short_side=120, long_side=1000)
     plain = {int(e["image_id"][0]): e for e in coco_data.make_dataset(train, batch_size=1, training=False, **kw)}
     flipped_seen = unflipped_seen = 0
     for element in coco_data.make_dataset(train, batch_size=1, training=True, seed=0, **kw).take(24):
         reference = plain[int(element["image_id"][0])]
         n = int(element["num_instances"][0])
-        image, ref_image = element["image"][0, :96].numpy(), reference["image"][0, :96].numpy()
+        image, ref_image = element["image"][0].numpy(), reference["image"][0].numpy()
+        np.testing.assert_array_equal(element["image_size"], reference["image_size"])
         if np.array_equal(image, ref_image):
             unflipped_seen += 1
             np.testing.assert_array_equal(element["boxes"], reference["boxes"])
             np.testing.assert_array_equal(element["masks"], reference["masks"])
             continue
         flipped_seen += 1
-        np.testing.assert_allclose(image, ref_image[:, ::-1], atol=1e-5)
+        np.testing.assert_array_equal(image, ref_image[:, ::-1])
+        # Boxes are in the resized image's pixels: 128 * 1.25 = 160 wide.
         y1, x1, y2, x2 = reference["boxes"][0, :n].numpy().T
-        np.testing.assert_allclose(element["boxes"][0, :n], np.stack([y1, 128 - x2, y2, 128 - x1], 1), atol=1e-4)
+        np.testing.assert_allclose(element["boxes"][0, :n], np.stack([y1, 160 - x2, y2, 160 - x1], 1), atol=1e-4)
         np.testing.assert_array_equal(element["masks"][0, :n], reference["masks"][0, :n, :, ::-1])
         assert np.all(element["boxes"][0, n:] == 0)
     assert flipped_seen and unflipped_seen
