@@ -80,6 +80,11 @@ def check_config(config):
     check_choice(config, "mask_rois", MASK_ROIS)
     check_choice(config, "backbone", ("resnet50", "resnet101"))
     check_choice(config, "variant", ("v1", "v2"))
+    if config.jit_compile:
+        # Measured: CombinedNonMaxSuppression (the proposals) and the per-image resize to sizes held in
+        # tensors (models/mask_rcnn/transform.py) have no XLA kernels; a step would fail at its first call.
+        raise SystemExit("--jit-compile: the detector's NMS and input resize have no XLA kernels; "
+                         "train Mask R-CNN without it")
     check_positive(config, ("batch_size", "short_side", "long_side", "steps", "steps_per_epoch", "base_width",
                             "fpn_channels", "mask_head_channels", "box_head_units", "rpn_pre_nms_top_n",
                             "rpn_post_nms_top_n", "rpn_batch_size", "box_batch_size", "box_positive_fraction"))

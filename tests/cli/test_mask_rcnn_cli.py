@@ -144,6 +144,9 @@ def test_bad_stage_and_mask_rois_are_refused_in_one_line(root, tmp_path):
         _train(root, str(tmp_path / "run"), "--stage", "mask_head", "--mask-rois", "boxes")
     with pytest.raises(SystemExit, match="--init-from"):
         _train(root, str(tmp_path / "run"), "--init-from", str(tmp_path / "missing.keras"))
+    with pytest.raises(SystemExit, match="--jit-compile: the detector's NMS and input resize have no XLA kernels"):
+        _train(root, str(tmp_path / "run"), "--jit-compile")
+    assert not os.path.exists(str(tmp_path / "run"))  # refused before the run folder exists
 
 
 @pytest.mark.slow
