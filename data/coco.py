@@ -289,9 +289,13 @@ def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333,
 
         dataset = read_records(split, training=training, seed=seed, input_context=input_context)
     prepare = functools.partial(prepare_example, training=training, short_side=short_side, long_side=long_side,
-                                max_instances=split.max_instances, flip_seed=flip_seed)
+                                flip_seed=flip_seed)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.padded_batch(batch_size, drop_remainder=drop_remainder)
+    # The batch op pads the instances to max_instances as it copies them in (no per-example padded copy).
+    m, s = split.max_instances, split.mask_size
+    padded_shapes = dict(image=[None, None, 3], image_id=[], boxes=[m, 4], class_ids=[m], masks=[m, s, s],
+                         num_instances=[], crowd_boxes=[m, 4], image_size=[2], original_size=[2])
+    dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -332,8 +336,8 @@ def _read_bytes(path):
         return f.read()
 
 
-def prepare_example(example, *, training, short_side, long_side, max_instances, flip_seed):
-    """One example -> one (unbatched) element of make_dataset.
+def prepare_example(example, *, training, short_side, long_side, flip_seed):
+    """One example -> one unbatched, unpadded element of make_dataset (its batch op pads the instances).
 
     example: image_bytes [] string (the encoded file), image_id [] int64, epoch
     [] int64, original_size [2] int32, boxes [N, 4] float32 (original pixels),
@@ -359,16 +363,9 @@ def prepare_example(example, *, training, short_side, long_side, max_instances, 
         boxes = tf.cond(flip, lambda: _flip_boxes(boxes, width), lambda: boxes)
         crowd_boxes = tf.cond(flip, lambda: _flip_boxes(crowd_boxes, width), lambda: crowd_boxes)
         masks = tf.cond(flip, lambda: tf.reverse(masks, [2]), lambda: masks)
-    count = tf.shape(boxes)[0]
-    extra = max_instances - count
-    return dict(
-        image=image, image_id=example["image_id"],
-        boxes=tf.pad(boxes, [[0, extra], [0, 0]]),
-        class_ids=tf.pad(example["class_ids"], [[0, extra]]),
-        masks=tf.pad(masks, [[0, extra], [0, 0], [0, 0]]),
-        num_instances=count,
-        crowd_boxes=tf.pad(crowd_boxes, [[0, max_instances - tf.shape(crowd_boxes)[0]], [0, 0]]),
-        image_size=tf.stack([new_h, new_w]), original_size=original)
+    return dict(image=image, image_id=example["image_id"], boxes=boxes, class_ids=example["class_ids"], masks=masks,
+                num_instances=tf.shape(boxes)[0], crowd_boxes=crowd_boxes, image_size=tf.stack([new_h, new_w]),
+                original_size=original)
 
 
 def _flip_boxes(boxes, width):
