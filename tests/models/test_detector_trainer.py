@@ -15,6 +15,7 @@ from models.mask_rcnn.detector import build_mask_rcnn
 from models.mask_rcnn.detector_io import init_from, load_detector
 from models.mask_rcnn.detector_losses import LOSS_NAMES
 from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
+from models.mask_rcnn.transform import detector_inputs
 from models.training import SegmentationSGD
 
 TINY = dict(base_width=8, fpn_channels=16, mask_head_channels=8, box_head_units=32)
@@ -244,7 +245,7 @@ def test_mixed_precision_losses_match_float32_and_its_steps_train(split, policy,
         got = losses(detector)
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=rtol, err_msg=name)
-        outputs = detector({"images": batch["image"], "image_sizes": batch["image_size"]})
+        outputs = detector(detector_inputs(batch))  # the uint8 batch resized and normalised, as the trainer does
         for name in ("boxes", "scores", "masks"):
             assert outputs[name].dtype == tf.float32 and np.isfinite(outputs[name].numpy()).all(), name
 
