@@ -82,7 +82,7 @@ def test_box_regression_falls_at_a_step_size_its_features_allow(split):
       move.
     - the whole model (stage "all", every loss, the trainer's own steps and sampling) at lr 1e-4 lowers it
       (measured 0.673 -> 0.654 in 12 steps).
-    The loss's values equal torchvision's (tests/models/test_detector_losses.py).
+    The loss's values and gradient equal torchvision's (tests/losses/test_detection_losses.py).
     """
     keras.utils.set_random_seed(0)
     trainer = _trainer(split, "all", trainable_backbone_stages=5, freeze_batch_norm=False)
