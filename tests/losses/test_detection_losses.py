@@ -3,7 +3,8 @@
 torchvision's RegionProposalNetwork.compute_loss and roi_heads.fastrcnn_loss get
 the same logits, deltas, labels and targets; its random sampler is replaced by
 the same sampled sets ours are given. torchvision orders deltas (dx, dy, dw, dh),
-ours (dy, dx, dh, dw). Then: empty cases, 2 replicas == 1 device, serialization.
+ours (dy, dx, dh, dw). The box regression's gradient against torch's autograd.
+Then: empty cases, 2 replicas == 1 device, serialization.
 """
 import keras
 import numpy as np
@@ -74,6 +75,32 @@ def test_box_head_losses_equal_torchvision_fastrcnn_loss(per_class_axis):
     np.testing.assert_allclose(losses.box_regression_loss(class_ids, targets, pred_input, valid).numpy(),
                                expected_box.item(), rtol=1e-5)
 
+
+
+def test_box_regression_gradient_equals_torchvision_autograd():
+    """The gradient reaches exactly the positives' true-class deltas, as torch's autograd through fastrcnn_loss
+    computes it (the values alone would not show a gradient stopped or sent to other channels)."""
+    rng = np.random.default_rng(3)
+    images, rois = 2, 24
+    class_ids = rng.integers(0, K + 1, (images, rois)).astype(np.int32)
+    valid = rng.random((images, rois)) < 0.8
+    class_ids[~valid] = 0
+    # Both sides of smooth L1's kink (beta = 1/9): quadratic and linear elements.
+    preds = rng.normal(0, 0.2, (images, rois, K + 1, 4)).astype(np.float32)
+    targets = rng.normal(0, 0.2, (images, rois, 4)).astype(np.float32)
+    torch_preds = _t(preds[valid][..., XY].reshape(-1, 4 * (K + 1))).requires_grad_()
+    _, expected = fastrcnn_loss(torch.zeros(int(valid.sum()), K + 1), torch_preds,
+                                [_t(class_ids[valid].astype(np.int64))], [_t(targets[valid][:, XY])])
+    expected.backward()
+    expected_grad = torch_preds.grad.numpy().reshape(-1, K + 1, 4)[..., XY]
+    tf_preds = tf.constant(preds)
+    with tf.GradientTape() as tape:
+        tape.watch(tf_preds)
+        loss = losses.box_regression_loss(class_ids, targets, tf_preds, valid)
+    grad = tape.gradient(loss, tf_preds).numpy()
+    np.testing.assert_allclose(grad[valid], expected_grad, rtol=1e-5, atol=1e-8)
+    assert not grad[~valid].any()
+    assert np.count_nonzero(np.abs(grad).sum(-1)) == np.count_nonzero(class_ids)  # one class slot per positive
 
 def test_nothing_sampled_or_no_positive_gives_zero_and_finite_losses():
     labels = -np.ones((2, 10), np.float32)

@@ -56,14 +56,64 @@ def test_steps_on_one_batch_lower_every_loss_component(split):
         logs = trainer.train_on_batch(batch, return_dict=True)
     after = _losses(trainer, batch)
     assert set(logs) == {"loss"} | {f"{name}_loss" for name in LOSS_NAMES}
-    # The box regression loss (summed over positives, divided by the number sampled) first rises while the
-    # shared features move under the much larger class loss (measured: 0.49 -> 0.75 -> 0.56 over 40 steps on
-    # proposals, 0.67 -> 1.01 -> 0.76 on fixed RoIs, every other loss falling): it is only checked finite
-    # here. Its values and targets are checked against torchvision in tests/models/test_detector_losses.py.
+    # Box regression is checked in test_box_regression_falls_at_a_step_size_its_features_allow, not here:
+    # at this lr it first rises (measured 0.49 -> 0.71 after 4 steps on proposals, a peak of 1.06 on fixed RoIs),
+    # for two reasons measured there, neither a bug: (1) lr 0.01 with momentum 0.9 is past the regressor's own
+    # stability bound (it rises even trained alone on fixed features); (2) on proposals the RPN's near-tied random
+    # scores reorder the proposals at every step, so the fixed-seed sample holds other positives each time and
+    # the value follows their targets: at lr 1e-4, the regressor barely moved, it went 0.48 -> 0.81 -> 0.56 in 12
+    # steps, within 0.02 of the loss of zero predictions on the same sample.
     for name in LOSS_NAMES:
         assert np.isfinite(after[name]), name
         if name != "box_regression":
             assert after[name] < before[name], (name, before[name], after[name])
+
+
+def test_box_regression_falls_at_a_step_size_its_features_allow(split):
+    """The box regression loss on ground-truth-derived RoIs (mask_rois="gt": the same RoIs for the same seed,
+    whatever the RPN does), evaluated with the same sampling every time:
+    - the regressor alone (box_head/box_deltas, its input fixed: the box head's ReLU features) under plain SGD
+      at lr 2e-4 falls at every step (measured 0.673 -> 0.644 in 8 steps). Its gradient is Lipschitz with
+      L = max over classes of lambda_max(x^T x) / (beta * sampled RoIs), beta = 1/9: measured 2.7e3 on this
+      sample (|x|^2 about 1.1e3 per positive), so gradient descent must fall for lr < 2 / L = 7.5e-4. This
+      fails if the gradient misses the channels the loss reads, or if what trains is not what the loss sees.
+    - the same regressor alone under the other test's optimizer (lr 0.01 = 13x the bound, momentum 0.9,
+      clipnorm 5) rises (measured 0.673 -> 1.10 after one step): the rise in that test needs nothing else to
+      move.
+    - the whole model (stage "all", every loss, the trainer's own steps and sampling) at lr 1e-4 lowers it
+      (measured 0.673 -> 0.654 in 12 steps).
+    The loss's values and gradient equal torchvision's (tests/losses/test_detection_losses.py).
+    """
+    keras.utils.set_random_seed(0)
+    trainer = _trainer(split, "all", trainable_backbone_stages=5, freeze_batch_norm=False)
+    trainer.mask_rois = "gt"
+    batch = _batch(split)
+    initial = trainer.detector.get_weights()
+    regressor = trainer.detector.get_layer("box_head").box_deltas.trainable_variables
+
+    def regressor_steps(optimizer, steps):
+        trainer.detector.set_weights(initial)
+        values = []
+        for _ in range(steps):
+            trainer.seed_generator = keras.random.SeedGenerator(7)
+            with tf.GradientTape() as tape:
+                loss = trainer.losses_of(batch, training=True)["box_regression"]
+            optimizer.apply_gradients(zip(tape.gradient(loss, regressor), regressor))
+            values.append(float(loss))
+        return values
+
+    small = regressor_steps(SegmentationSGD(2e-4, momentum=0.0, l2=0.0), 8)
+    assert all(b < a for a, b in zip(small, small[1:])), small
+    large = regressor_steps(SegmentationSGD(0.01, momentum=0.9, l2=0.0, global_clipnorm=5.0), 5)
+    assert max(large) > 1.3 * large[0], large
+
+    trainer.detector.set_weights(initial)
+    trainer.compile(optimizer=SegmentationSGD(1e-4, momentum=0.9, l2=0.0, global_clipnorm=5.0))
+    before = _losses(trainer, batch)["box_regression"]
+    for _ in range(12):
+        trainer.train_on_batch(batch)
+    after = _losses(trainer, batch)["box_regression"]
+    assert after < before, (before, after)
 
 
 def _trainable_paths(trainer):
@@ -195,7 +245,7 @@ def test_mixed_precision_losses_match_float32_and_its_steps_train(split, policy,
         got = losses(detector)
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=rtol, err_msg=name)
-        outputs = detector(detector_inputs(batch))
+        outputs = detector(detector_inputs(batch))  # the uint8 batch resized and normalised, as the trainer does
         for name in ("boxes", "scores", "masks"):
             assert outputs[name].dtype == tf.float32 and np.isfinite(outputs[name].numpy()).all(), name
 
