@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import losses
 from data import coco
 from data.synthetic_coco import write_coco_sample
 from models.mask_rcnn.detector import build_mask_rcnn
 from models.mask_rcnn.detector_io import init_from, load_detector
 from models.mask_rcnn.detector_losses import LOSS_NAMES
 from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
+from models.mask_rcnn.targets import box_head_targets
 from models.training import SegmentationSGD
 
 TINY = dict(base_width=8, fpn_channels=16, mask_head_channels=8, box_head_units=32)
@@ -55,14 +57,53 @@ def test_steps_on_one_batch_lower_every_loss_component(split):
         logs = trainer.train_on_batch(batch, return_dict=True)
     after = _losses(trainer, batch)
     assert set(logs) == {"loss"} | {f"{name}_loss" for name in LOSS_NAMES}
-    # The box regression loss (summed over positives, divided by the number sampled) first rises while the
-    # shared features move under the much larger class loss (measured: 0.49 -> 0.75 -> 0.56 over 40 steps on
-    # proposals, 0.67 -> 1.01 -> 0.76 on fixed RoIs, every other loss falling): it is only checked finite
-    # here. Its values and targets are checked against torchvision in tests/models/test_detector_losses.py.
+    # The box regression loss is only checked finite here: on this tiny random model it first rises
+    # (measured: 0.49 -> 0.65 -> 0.64 -> 0.48 -> 0.40 every 4 of 24 steps), also when it is the only loss
+    # minimised (0.49 -> 0.83 -> 0.38). Not a bug: smooth L1 with beta 1/9 is L1 beyond 1/9, so each SGD step
+    # moves a positive's deltas by about lr |h|^2 / (RoIs sampled) whatever its error; with fc features of
+    # |h|^2 ~ 900 that is 0.14 per step at lr 0.01, more under momentum: the predictions overshoot and oscillate.
+    # Even the regressor alone on frozen features oscillates at lr 0.01 (0.485 -> 0.543 -> 0.499 -> 0.442 ->
+    # 0.433 -> 0.478) and descends steadily at lr 0.001. The test below checks the loss's gradient does
+    # descend; its values and targets are checked against torchvision in tests/models/test_detector_losses.py.
     for name in LOSS_NAMES:
         assert np.isfinite(after[name]), name
         if name != "box_regression":
             assert after[name] < before[name], (name, before[name], after[name])
+
+
+def test_box_regression_falls_at_every_step_of_gradient_descent_on_the_regressor_alone(split):
+    # The detector's own features of its sampled RoIs, frozen; the regressor (W, b) alone descends with step
+    # 1 / L, L = sum over positives (|h|^2 + 1) / (sampled * beta) bounding the loss's curvature: the descent
+    # lemma makes every step lower the loss unless its gradient is wrong (wrong class channel, wrong sign:
+    # then it stalls or rises).
+    trainer = _trainer(split, "all", trainable_backbone_stages=5, freeze_batch_norm=False)
+    batch, stages = _batch(split), trainer.stages
+    pyramid = stages["fpn"](batch["image"], training=True)
+    levels = [pyramid[f"P{k}"] for k in range(2, 7)]
+    rpn = stages["rpn_head"](levels, training=True)
+    candidates, valid = trainer._candidates(
+        batch, [*rpn, stages["anchors"]([batch["image"], *levels]), batch["image_size"], *levels])
+    sampled = box_head_targets(candidates, batch["boxes"], batch["class_ids"], batch["crowd_boxes"],
+                               proposal_valid=valid, num_samples=trainer.box_batch_size, seed=0)
+    head = stages["box_head"]
+    h = head.flatten(tf.reshape(stages["box_roi_align"]([sampled["rois"], *levels[:4]]), [-1, 7, 7, 16]))
+    for fc in head.fcs:
+        h = fc(h)
+    positive = tf.reshape((sampled["class_ids"] > 0) & sampled["valid"], [-1])
+    assert 0 < int(tf.reduce_sum(tf.cast(positive, tf.int32)))
+    curvature = tf.reduce_sum(tf.boolean_mask(tf.reduce_sum(h * h, -1) + 1.0, positive)) / (
+        tf.reduce_sum(tf.cast(sampled["valid"], tf.float32)) * losses.BOX_LOSS_BETA)
+    kernel, bias = tf.Variable(head.box_deltas.kernel), tf.Variable(head.box_deltas.bias)
+    history = []
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            deltas = tf.reshape(h @ kernel + bias, [2, trainer.box_batch_size, -1, 4])
+            loss = losses.box_regression_loss(sampled["class_ids"], sampled["deltas"], deltas, sampled["valid"])
+        history.append(float(loss))
+        for variable, gradient in zip((kernel, bias), tape.gradient(loss, (kernel, bias))):
+            variable.assign_sub(gradient / curvature)
+    assert all(b <= a + 1e-6 for a, b in zip(history, history[1:])), history
+    assert history[-1] < 0.98 * history[0], history
 
 
 def _trainable_paths(trainer):
