@@ -108,6 +108,8 @@ def crop_and_sample(table, base, height, width, boxes, output_size, sampling_rat
                     weight.append(row_weight[:, :, None, row_sample, row_neighbour]
                                   * col_weight[:, None, :, col_sample, col_neighbour])
     # A trailing axis of 1 on both: gather_nd / scatter indices, and weights that broadcast over channels.
+    # (Slicing weight[k, ..., None] inside _weighted_gathers instead made grappler's arithmetic optimizer
+    # emit a wrong-shaped multiply in the training step's graph: 'Incompatible shapes' at run time.)
     return _weighted_gathers(table, tf.stack(flat)[..., None], tf.stop_gradient(tf.stack(weight))[..., None]) / float(
         s * s)
 
