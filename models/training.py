@@ -24,6 +24,7 @@ import threading
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from models.run_state import (  # noqa: F401  (the run-folder names, used with these callbacks)
     BEST_CHECKPOINT,
@@ -76,6 +77,17 @@ class SegmentationSGD(keras.optimizers.SGD):
             gradient = gradient + self.l2 * keras.ops.cast(variable, gradient.dtype)
         if self.head_lr_multiplier != 1.0 and path.startswith(self._head_prefixes):
             learning_rate = learning_rate * self.head_lr_multiplier
+        if self.momentum and not self.nesterov and isinstance(gradient, tf.Tensor) and not tf.distribute.has_strategy():
+            # Keras's momentum step (m = momentum * m - lr * g; w += m) as TensorFlow's in-place kernel.
+            # Keras's ops make three variable-sized temporaries per variable, and the executor runs the
+            # updates of all variables whose gradients are ready at once: about 0.4 GB at the Mask R-CNN
+            # detector's training-step peak (BENCHMARKS.md 4b). Under a tf.distribute strategy, Keras's path.
+            dtype = variable.dtype
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=variable.handle, accum=self.momentums[self._get_variable_index(variable)].value.handle,
+                lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype),
+                use_nesterov=False)
+            return
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):

@@ -61,22 +61,66 @@ def test_grouped_nms_matches_tf_non_max_suppression_per_group():
         assert not got_scores[b, valid[b]:].any()
 
 
-def test_unaligned_multilevel_roi_align_matches_torchvision_multiscale_roi_align():
-    rng = np.random.default_rng(1)
-    image_size, channels = (256, 320), 3
-    features = [rng.normal(size=(2, image_size[0] // s, image_size[1] // s, channels)).astype(np.float32)
+ROI_IMAGE_SIZE = (256, 320)
+
+
+def _random_levels_and_boxes(seed, channels, count):
+    """P2..P5-sized maps [2, H / s, W / s, channels] float32 of a 256 x 320 image, and random boxes
+    [2, count, 4] float32 (y1, x1, y2, x2) of every scale, sub-pixel to larger than the image."""
+    rng = np.random.default_rng(seed)
+    features = [rng.normal(size=(2, ROI_IMAGE_SIZE[0] // s, ROI_IMAGE_SIZE[1] // s, channels)).astype(np.float32)
                 for s in (4, 8, 16, 32)]
-    # Random boxes of every scale, boxes exactly on level boundaries (112, 224, 448 pixels), sub-pixel boxes.
-    y1x1 = rng.uniform(-10, 200, (2, 40, 2))
-    size = np.exp(rng.uniform(np.log(0.3), np.log(500), (2, 40, 2)))
-    boxes = np.concatenate([y1x1, y1x1 + size], -1).astype(np.float32)
+    y1x1 = rng.uniform(-10, 200, (2, count, 2))
+    size = np.exp(rng.uniform(np.log(0.3), np.log(500), (2, count, 2)))
+    return features, np.concatenate([y1x1, y1x1 + size], -1).astype(np.float32)
+
+
+def _torchvision_roi_align(levels, boxes, output_size):
+    """torchvision's MultiScaleRoIAlign of [B, C, H, W] torch levels (P2..P5) and boxes [B, R, 4] (y1, x1, y2, x2)."""
+    pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, 2)
+    return pool({str(k): f for k, f in enumerate(levels)}, [torch.from_numpy(_xyxy_to_yxyx(b)) for b in boxes],
+                [ROI_IMAGE_SIZE] * len(boxes))
+
+
+def test_unaligned_multilevel_roi_align_matches_torchvision_multiscale_roi_align():
+    channels = 3
+    features, boxes = _random_levels_and_boxes(1, channels, 40)
+    # Boxes exactly on level boundaries (112, 224, 448 pixels).
     boxes[:, :3] = [[10, 20, 122, 132], [0, 0, 224, 224], [5, 5, 453, 453]]
     ours = MultiLevelRoIAlign(7, 2, aligned=False, level_epsilon=1e-6)([boxes, *features]).numpy()
-    pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
-    expected = pool({str(k): torch.from_numpy(f).permute(0, 3, 1, 2) for k, f in enumerate(features)},
-                    [torch.from_numpy(_xyxy_to_yxyx(b)) for b in boxes], [image_size] * 2)
+    expected = _torchvision_roi_align([torch.from_numpy(f).permute(0, 3, 1, 2) for f in features], boxes, 7)
     # float32 rounding of the sample positions: ~1e-5 on N(0, 1) features; a wrong level or offset would be O(1).
     np.testing.assert_allclose(ours.reshape(-1, 7, 7, channels), expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_multilevel_roi_align_gradient_matches_torchvision_backward(output_size):
+    # The gradient w.r.t. every level (models.roi_align's own backward, in a tf.function and eagerly) against
+    # torch autograd through torchvision's MultiScaleRoIAlign (its C++ roi_align backward) on the same inputs.
+    channels = 4
+    features, boxes = _random_levels_and_boxes(3, channels, 30)
+    # A box twice (their gradients add up), one over the border, one on the coarsest level (P5).
+    boxes[0, :4] = boxes[1, :4] = [[8, 8, 40, 40], [8, 8, 40, 40], [200, 250, 260, 330], [-100, -80, 400, 420]]
+    rng = np.random.default_rng(4)
+    upstream = rng.normal(size=(2, 30, output_size, output_size, channels)).astype(np.float32)
+    layer = MultiLevelRoIAlign(output_size, 2, aligned=False, level_epsilon=1e-6)
+
+    def gradients(levels):
+        with tf.GradientTape() as tape:
+            tape.watch(levels)
+            loss = tf.reduce_sum(layer([boxes, *levels]) * upstream)
+        return tape.gradient(loss, levels)
+
+    levels = [torch.from_numpy(f).permute(0, 3, 1, 2).requires_grad_() for f in features]
+    pooled = _torchvision_roi_align(levels, boxes, output_size)
+    (pooled * torch.from_numpy(upstream.reshape(-1, output_size, output_size, channels)).permute(0, 3, 1, 2)
+     ).sum().backward()
+    expected = [level.grad.permute(0, 2, 3, 1).numpy() for level in levels]
+    assert all(np.abs(e).max() > 0 for e in expected)  # every level receives some gradient
+    inputs = [tf.constant(f) for f in features]
+    for ours in (tf.function(gradients)(inputs), gradients(inputs)):
+        for got, want in zip(ours, expected):
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("source, target", [((5, 7), (13, 10)), ((13, 25), (25, 50)), ((4, 4), (7, 9))])

@@ -75,3 +75,27 @@ def test_training_and_inference_run_the_fused_kernel():
     assert any(t.startswith("FusedBatchNorm") for t in _op_types(fused, x, True))
     assert not any(t.startswith("FusedBatchNorm") for t in _op_types(plain, x, True))
     assert any(t.startswith("FusedBatchNorm") for t in _op_types(fused, x, False))
+
+
+def test_frozen_layer_in_a_training_step_is_an_affine_map_whose_gradient_keeps_no_input():
+    # A frozen BN (trainable=False) called with training=True, as in the detector's training step:
+    # the moving statistics, and an input gradient of upstream * gamma / sqrt(var + eps) (NumPy, float64)
+    # computed without the fused gradient kernel (which would keep the input alive for the backward pass).
+    (fused, _), (gamma, beta, mean, var) = _pair()
+    fused.trainable = False
+    x = np.random.default_rng(4).normal(size=(2, 6, 7, 5))
+    upstream = np.random.default_rng(5).normal(size=x.shape)
+    scale = gamma / np.sqrt(var + 1e-3)
+
+    def step(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = fused(t, training=True)
+            loss = tf.reduce_sum(y * upstream.astype(np.float32))
+        return y, tape.gradient(loss, t)
+
+    y, grad = step(tf.constant(x, tf.float32))
+    np.testing.assert_allclose(y.numpy(), (x - mean) * scale + beta, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), upstream * scale, rtol=1e-5, atol=1e-5)
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    assert not any(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())

@@ -128,3 +128,24 @@ def test_on_a_real_pspnet_exactly_the_ppm_head_and_aux_variables_get_the_head_le
     for v, old in zip(variables, before):
         step = old - v.numpy()  # lr x gradient of ones
         np.testing.assert_allclose(step, 1.0 if id(v) in new else 0.1, rtol=1e-5, err_msg=v.path)
+
+
+def test_segmentation_sgd_momentum_steps_match_numpy_and_keras_sgd():
+    # Three steps with different gradients: SegmentationSGD (without L2, its in-place momentum kernel) against
+    # NumPy's m = 0.9 m - lr g, w += m, and against keras.optimizers.SGD on the same gradients.
+    rng = np.random.default_rng(0)
+    models = [_two_layer_model(), _two_layer_model()]
+    optimizers = [training.SegmentationSGD(learning_rate=0.1, momentum=0.9, l2=0.0),
+                  keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)]
+    expected = {v.path: v.numpy().astype(np.float64) for v in models[0].trainable_variables}
+    momentum = {path: 0.0 for path in expected}
+    for _ in range(3):
+        grads = {path: rng.normal(size=w.shape) for path, w in expected.items()}
+        for model, optimizer in zip(models, optimizers):
+            optimizer.apply_gradients([(tf.constant(grads[v.path], tf.float32), v) for v in model.trainable_variables])
+        for path in expected:
+            momentum[path] = 0.9 * momentum[path] - 0.1 * grads[path]
+            expected[path] = expected[path] + momentum[path]
+    for ours, keras_sgd in zip(*(model.trainable_variables for model in models)):
+        np.testing.assert_allclose(ours.numpy(), expected[ours.path], rtol=1e-5, atol=1e-6, err_msg=ours.path)
+        np.testing.assert_allclose(ours.numpy(), keras_sgd.numpy(), rtol=1e-6, atol=1e-7, err_msg=ours.path)
