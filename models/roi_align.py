@@ -163,40 +163,47 @@ def _table_gradient(shape, flat, weight, upstream):
 
 def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_level=2, max_level=5,
                          canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, aligned=True,
-                         level_epsilon=None):
+                         level_epsilon=None, image_index=None):
     """RoIAlign over FPN levels (aligned, level_epsilon: see the module docstring).
 
     features: list of [B, H_k, W_k, C] maps for levels min_level..max_level in
         order (stride 2**k each).
-    boxes: [B, R, 4] float (y1, x1, y2, x2) in image pixels.
-    Returns [B, R, output_size, output_size, C] float32.
+    boxes: [B, R, 4] float (y1, x1, y2, x2) in image pixels, R per image; or,
+        with image_index, one flat list [N, 4] of boxes of any images.
+    image_index: None, or [N] int32: the image (0..B-1) each flat box is on
+        (the detector's training step aligns a variable number of positive RoIs
+        of the whole batch this way).
+    Returns [B, R, output_size, output_size, C] float32, or [N, output_size,
+    output_size, C] with image_index.
     """
     if len(features) != max_level - min_level + 1:
         raise ValueError(f"expected {max_level - min_level + 1} feature maps (levels {min_level}..{max_level}), "
                          f"got {len(features)}")
     boxes = tf.cast(boxes, tf.float32)
-    batch = tf.shape(boxes)[0]
-    num_rois = tf.shape(boxes)[1]
+    if image_index is None:  # [B, R, 4]: the flat form on B * R boxes, then back to [B, R, ...]
+        batch, num_rois = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        crops = multilevel_roi_align(
+            features, tf.reshape(boxes, [-1, 4]), output_size=output_size, sampling_ratio=sampling_ratio,
+            min_level=min_level, max_level=max_level, canonical_size=canonical_size,
+            canonical_level=canonical_level, aligned=aligned, level_epsilon=level_epsilon,
+            image_index=tf.repeat(tf.range(batch), num_rois))
+        return tf.reshape(crops, tf.concat([[batch, num_rois], tf.shape(crops)[1:]], axis=0))
     channels = tf.shape(features[0])[-1]
     heights = tf.stack([tf.shape(f)[1] for f in features])
     widths = tf.stack([tf.shape(f)[2] for f in features])
-    sizes = heights * widths
     # One table [B * T, C]: image b's levels occupy rows b*T + offset_k .. b*T + offset_k + H_k*W_k.
-    table = tf.concat([tf.reshape(tf.cast(f, tf.float32), [batch, -1, channels]) for f in features], axis=1)
+    table = tf.concat([tf.reshape(tf.cast(f, tf.float32), [tf.shape(f)[0], -1, channels]) for f in features],
+                      axis=1)
     per_image = tf.shape(table)[1]
     table = tf.reshape(table, [-1, channels])
-    offsets = tf.cumsum(sizes, exclusive=True)
+    offsets = tf.cumsum(heights * widths, exclusive=True)
 
     level = roi_levels(boxes, min_level=min_level, max_level=max_level, canonical_size=canonical_size,
                        canonical_level=canonical_level, level_epsilon=level_epsilon) - min_level
-    image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(level))
-    base = image * per_image + tf.gather(offsets, level)
+    base = tf.cast(image_index, tf.int32) * per_image + tf.gather(offsets, level)
     scale = tf.pow(2.0, -tf.cast(level + min_level, tf.float32))
-    crops = crop_and_sample(
-        table, tf.reshape(base, [-1]), tf.reshape(tf.gather(heights, level), [-1]),
-        tf.reshape(tf.gather(widths, level), [-1]), tf.reshape(boxes * scale[..., None], [-1, 4]),
-        output_size, sampling_ratio, aligned)
-    return tf.reshape(crops, [batch, num_rois, output_size, output_size, channels])
+    return crop_and_sample(table, base, tf.gather(heights, level), tf.gather(widths, level), boxes * scale[:, None],
+                           output_size, sampling_ratio, aligned)
 
 
 @keras.saving.register_keras_serializable(package="models")
@@ -204,7 +211,9 @@ class MultiLevelRoIAlign(keras.layers.Layer):
     """Keras layer around `multilevel_roi_align` (see the module docstring for conventions).
 
     Call: [boxes [B, R, 4] float (image pixels), P_min, ..., P_max] with
-    P_k [B, H_k, W_k, C] -> [B, R, output_size, output_size, C] in the compute dtype.
+    P_k [B, H_k, W_k, C] -> [B, R, output_size, output_size, C] in the compute dtype;
+    or, with image_index=[N] int32, boxes [N, 4] of any images -> [N, output_size,
+    output_size, C] (multilevel_roi_align's flat form; not for functional graphs).
     torchvision's MultiScaleRoIAlign is aligned=False, level_epsilon=1e-6.
     """
 
@@ -221,12 +230,13 @@ class MultiLevelRoIAlign(keras.layers.Layer):
         self.aligned = bool(aligned)
         self.level_epsilon = None if level_epsilon is None else float(level_epsilon)
 
-    def call(self, inputs):
+    def call(self, inputs, image_index=None):
         boxes, *features = inputs
         crops = multilevel_roi_align(
             features, boxes, output_size=self.output_size, sampling_ratio=self.sampling_ratio,
             min_level=self.min_level, max_level=self.max_level, canonical_size=self.canonical_size,
-            canonical_level=self.canonical_level, aligned=self.aligned, level_epsilon=self.level_epsilon)
+            canonical_level=self.canonical_level, aligned=self.aligned, level_epsilon=self.level_epsilon,
+            image_index=image_index)
         return tf.cast(crops, self.compute_dtype)
 
     def compute_output_shape(self, input_shapes):

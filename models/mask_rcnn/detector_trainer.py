@@ -12,9 +12,9 @@ backbone + FPN -> RPN objectness and deltas over every anchor -> proposals
 2000 as torchvision trains; no gradient flows through them) ->
 box_head_targets (the proposals plus the ground truth, box_batch_size sampled,
 a quarter positive, positives first) -> box head on the sampled RoIs -> mask
-head on the first int(box_batch_size * box_positive_fraction) of them (every
-positive is there) -> detector_losses (the five losses, each an exact global
-mean under tf.distribute).
+head on the positive ones only (positive_rois: one flat list of the batch's
+positives, a variable number, as torchvision's RoIHeads) -> detector_losses
+(the five losses, each an exact global mean under tf.distribute).
 
 Stages (set_stage decides the trainable flags; the trainer minimises):
 - "heads": RPN, box and mask heads and the FPN train, the whole ResNet is
@@ -38,7 +38,7 @@ import tensorflow as tf
 from models.mask_rcnn.detector import detector_layers, freeze_backbone
 from models.mask_rcnn.detector_losses import LOSS_NAMES, detector_losses
 from models.mask_rcnn.rpn import Proposals
-from models.mask_rcnn.targets import box_head_targets, sample_rois
+from models.mask_rcnn.targets import box_head_targets, positive_rois, sample_rois
 from models.mask_rcnn.transform import detector_inputs
 
 STAGES = ("heads", "mask_head", "all")
@@ -96,8 +96,7 @@ class DetectorTrainer(keras.Model):
       rpn_pre_nms_top_n, rpn_post_nms_top_n: training proposals (torchvision: 2000, 2000).
       rpn_batch_size: anchors sampled per image for the RPN losses (256, half positive at most).
       box_batch_size, box_positive_fraction: RoIs sampled per image for the box
-        head (512, 0.25); the mask head runs on the first
-        int(box_batch_size * box_positive_fraction).
+        head (512, 0.25); the mask head runs on the positives among them.
       seed: the RoI and anchor sampling's seed.
     """
 
@@ -126,11 +125,6 @@ class DetectorTrainer(keras.Model):
         self.built = True  # the detector is a built functional model
 
     @property
-    def num_mask_rois(self):
-        """RoIs per image the mask head runs on: room for every positive the sampler can draw."""
-        return int(self.box_batch_size * self.box_positive_fraction)
-
-    @property
     def metrics(self):
         return list(self.trackers.values())
 
@@ -142,7 +136,8 @@ class DetectorTrainer(keras.Model):
     def _candidates(self, data, rpn):
         """Candidate RoIs [B, P, 4] and their validity [B, P] for box_head_targets (no gradient)."""
         if self.mask_rois == "gt":
-            sampled = sample_rois(data["boxes"], data["class_ids"], data["image_size"], num_rois=self.num_mask_rois,
+            num_rois = int(self.box_batch_size * self.box_positive_fraction)  # candidates per image
+            sampled = sample_rois(data["boxes"], data["class_ids"], data["image_size"], num_rois=num_rois,
                                   crowd_boxes=data.get("crowd_boxes"), seed=self.seed_generator)
             return sampled["rois"], sampled["valid"]
         proposals, _, count = self.train_proposals(rpn)
@@ -164,11 +159,14 @@ class DetectorTrainer(keras.Model):
         roi_levels = levels[:4]
         class_logits, box_deltas = self.stages["box_head"](
             self.stages["box_roi_align"]([sampled["rois"], *roi_levels]), training=training)
-        mask_logits = self.stages["mask_head"](
-            self.stages["mask_roi_align"]([sampled["rois"][:, :self.num_mask_rois], *roi_levels]), training=training)
+        positives = positive_rois(sampled)
+        mask_features = self.stages["mask_roi_align"]([positives["rois"], *roi_levels],
+                                                      image_index=positives["image_index"])  # [N, 14, 14, C]
+        mask_logits = self.stages["mask_head"](mask_features[None], training=training)[0]  # as one image of N RoIs
         outputs = {"anchors": anchors[0], "rpn_logits": objectness, "rpn_deltas": rpn_deltas,
                    "class_logits": class_logits, "box_deltas": box_deltas, "mask_logits": mask_logits}
-        return detector_losses(outputs, data, sampled, seed=self.seed_generator, rpn_num_samples=self.rpn_batch_size)
+        return detector_losses(outputs, data, sampled, seed=self.seed_generator, positives=positives,
+                               rpn_num_samples=self.rpn_batch_size)
 
     def _objective(self, parts):
         return parts["mask"] if self.stage == "mask_head" else parts["loss"]

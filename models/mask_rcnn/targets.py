@@ -12,6 +12,7 @@ ground truth is padded to M instances per image with class 0.
   training targets, over a batch (matching and sampling: models.mask_rcnn.matching).
 - sample_rois: RoIs from jittered ground truth and random boxes, for training
   the mask head without an RPN (MaskHeadTrainer).
+- positive_rois: the positives of a box_head_targets sample, as one flat list (the mask branch's RoIs).
 - mask_targets: the matched instance's mask cut out of each RoI.
 Crowd regions (data.coco's crowd_boxes) follow matching.inside_crowd's rule.
 """
@@ -217,35 +218,62 @@ def sample_rois(gt_boxes, gt_class_ids, image_size, *, num_rois, positive_fracti
     return {"rois": rois, "class_ids": class_ids, "gt_index": gt_index, "valid": valid}
 
 
-def mask_targets(gt_masks, gt_boxes, rois, gt_index, size=28):
+def positive_rois(sampled):
+    """The positive RoIs of box_head_targets' sample, of the whole batch as one flat list (what the mask branch
+    trains on, as torchvision's RoIHeads: a variable number per image).
+
+    sampled: box_head_targets' dict (rois [B, S, 4], class_ids [B, S], gt_index [B, S]).
+    Returns a dict of N = max(P, 1) rows, P the batch's number of positives, image-major in slot order:
+      image_index [N] int32 (the RoI's image), slot [N] int32 (its row in `sampled`), rois [N, 4] float32,
+      class_ids [N] int32 (1..K), gt_index [N] int32 (the matched ground-truth row).
+    With no positive at all, slot 0 of image 0 stands in as the one row, with
+    class 0 (no weight in the mask loss): the mask head then never runs on an
+    empty batch, where a trainable BatchNorm's batch moments would be 0 / 0 and
+    turn its moving statistics to NaN (Keras's; torch skips the update).
+    """
+    positive = sampled["class_ids"] > 0
+    first_slot = tf.tensor_scatter_nd_update(tf.zeros_like(positive), [[0, 0]], [True])
+    index = tf.cast(tf.where(positive | (first_slot & ~tf.reduce_any(positive))), tf.int32)  # [N, 2]
+    return {"image_index": index[:, 0], "slot": index[:, 1], "rois": tf.gather_nd(sampled["rois"], index),
+            "class_ids": tf.gather_nd(sampled["class_ids"], index),
+            "gt_index": tf.gather_nd(sampled["gt_index"], index)}
+
+
+def mask_targets(gt_masks, gt_boxes, rois, gt_index, size=28, *, image_index=None):
     """Binary mask targets of RoIs, cut from the compact ground-truth masks.
 
     gt_masks: [B, M, S, S] uint8 0..255 or float 0..1, each instance's mask
         resampled inside its box (data.coco's layout).
     gt_boxes: [B, M, 4] float, the boxes those crops cover (image pixels).
     rois: [B, R, 4] float (image pixels); gt_index: [B, R] int, matched instance.
-    Returns [B, R, size, size] float32 0/1: the matched mask cropped to the RoI,
-    resampled bilinearly at the centres of a size x size grid, thresholded at
-    0.5. Outside its box an instance's mask is 0 (a zero border is added to the
-    crop before sampling).
+    image_index: None, or [N] int32 with rois [N, 4] and gt_index [N]: one flat
+        list of RoIs of any images, image_index[i] the image of RoI i.
+    Returns [B, R, size, size] (or [N, size, size]) float32 0/1: the matched
+    mask cropped to the RoI, resampled bilinearly at the centres of a size x
+    size grid, thresholded at 0.5. Outside its box an instance's mask is 0 (a
+    zero border is added to the crop before sampling).
     """
+    if image_index is None:  # [B, R]: the flat form on B * R RoIs, then back to [B, R, ...]
+        shape = tf.shape(gt_index)
+        values = mask_targets(gt_masks, gt_boxes, tf.reshape(rois, [-1, 4]), tf.reshape(gt_index, [-1]), size,
+                              image_index=tf.repeat(tf.range(shape[0]), shape[1]))
+        return tf.reshape(values, tf.concat([shape, [size, size]], axis=0))
     masks = tf.convert_to_tensor(gt_masks)
     scale = 1.0 / 255.0 if masks.dtype == tf.uint8 else 1.0
     masks = tf.cast(masks, tf.float32) * scale
-    batch, count, crop = tf.shape(masks)[0], tf.shape(masks)[1], masks.shape[2]
+    count, crop = tf.shape(masks)[1], masks.shape[2]
     padded = crop + 2
     table = tf.reshape(tf.pad(masks, [[0, 0], [0, 0], [1, 1], [1, 1]]), [-1, 1])
 
     gt_index = tf.cast(gt_index, tf.int32)
-    box = tf.gather(tf.cast(gt_boxes, tf.float32), gt_index, batch_dims=1)  # [B, R, 4]
+    image_index = tf.cast(image_index, tf.int32)
+    box = tf.gather_nd(tf.cast(gt_boxes, tf.float32), tf.stack([image_index, gt_index], axis=-1))  # [N, 4]
     rois = tf.cast(rois, tf.float32)
     origin = tf.stack([box[..., 0], box[..., 1], box[..., 0], box[..., 1]], -1)
     extent = tf.stack([box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]] * 2, -1)
     # RoI in the padded crop's pixels: the crop spans [1, crop + 1) there.
     in_crop = tf.math.divide_no_nan(rois - origin, extent) * float(crop) + 1.0
-    image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(gt_index))
-    base = tf.reshape((image * count + gt_index) * padded * padded, [-1])
+    base = (image_index * count + gt_index) * padded * padded
     side = tf.fill(tf.shape(base), padded)
-    values = crop_and_sample(table, base, side, side, tf.reshape(in_crop, [-1, 4]), size, 1)
-    values = tf.reshape(values, tf.concat([tf.shape(rois)[:2], [size, size]], axis=0))
-    return tf.cast(values >= 0.5, tf.float32)
+    values = crop_and_sample(table, base, side, side, in_crop, size, 1)
+    return tf.cast(values[..., 0] >= 0.5, tf.float32)

@@ -14,10 +14,10 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from models.mask_rcnn.detector_losses import detector_losses
-from models.mask_rcnn.targets import box_head_targets, mask_targets, rpn_targets
+from models.mask_rcnn.targets import box_head_targets, mask_targets, positive_rois, rpn_targets
 
 XY = [1, 0, 3, 2]
-K, S, R, MASK = 3, 32, 8, 14
+K, S, MASK = 3, 32, 14
 
 
 def _t(x):
@@ -54,7 +54,16 @@ def _outputs(anchors, rng):
             "rpn_deltas": tf.constant(rng.normal(0, 0.2, (2, a, 4)), tf.float32),
             "class_logits": tf.constant(rng.normal(0, 1, (2, S, K + 1)), tf.float32),
             "box_deltas": tf.constant(rng.normal(0, 0.5, (2, S, K + 1, 4)), tf.float32),
-            "mask_logits": tf.constant(rng.normal(0, 2, (2, R, MASK, MASK, K + 1)), tf.float32)}
+            # One mask per sampled slot: _on_positives keeps the positives' rows, the training step's mask_logits.
+            "slot_mask_logits": tf.constant(rng.normal(0, 2, (2, S, MASK, MASK, K + 1)), tf.float32)}
+
+
+def _on_positives(outputs, sampled):
+    """detector_losses' outputs: mask_logits [N, m, m, K + 1] the rows of slot_mask_logits at positive_rois."""
+    positives = positive_rois(sampled)
+    index = tf.stack([positives["image_index"], positives["slot"]], axis=-1)
+    return {**{k: v for k, v in outputs.items() if k != "slot_mask_logits"},
+            "mask_logits": tf.gather_nd(outputs["slot_mask_logits"], index)}
 
 
 def _proposals(batch, rng):
@@ -70,7 +79,7 @@ def test_detector_losses_equal_torchvision_losses():
     outputs = _outputs(anchors, rng)
     sampled = box_head_targets(_proposals(batch, rng), batch["boxes"], batch["class_ids"], batch["crowd_boxes"],
                                num_samples=S, positive_fraction=0.25, seed=keras.random.SeedGenerator(2))
-    parts = {k: v.numpy() for k, v in detector_losses(outputs, batch, sampled,
+    parts = {k: v.numpy() for k, v in detector_losses(_on_positives(outputs, sampled), batch, sampled,
                                                       seed=keras.random.SeedGenerator(3)).items()}
     # The same RPN draw: a generator with the same seed.
     rpn = rpn_targets(anchors, batch["boxes"], batch["class_ids"], batch["crowd_boxes"],
@@ -94,12 +103,11 @@ def test_detector_losses_equal_torchvision_losses():
     np.testing.assert_allclose(parts["box_class"], box_class.item(), rtol=1e-5)
     np.testing.assert_allclose(parts["box_regression"], box_regression.item(), rtol=1e-5)
 
-    # Mask: positives (all within the first R slots), their class's channel, BCE from logits over all their pixels.
-    positive = class_ids[:, :R] > 0
-    assert positive.sum() == (class_ids > 0).sum() > 0
-    targets = mask_targets(batch["masks"], batch["boxes"], sampled["rois"][:, :R], sampled["gt_index"][:, :R],
-                           MASK).numpy()
-    picked = np.take_along_axis(outputs["mask_logits"].numpy(), class_ids[:, :R, None, None, None], axis=-1)[..., 0]
+    # Mask: the positive slots, their class's channel, BCE from logits over all their pixels.
+    positive = class_ids > 0
+    assert positive.sum() > 0
+    targets = mask_targets(batch["masks"], batch["boxes"], sampled["rois"], sampled["gt_index"], MASK).numpy()
+    picked = np.take_along_axis(outputs["slot_mask_logits"].numpy(), class_ids[..., None, None, None], axis=-1)[..., 0]
     expected_mask = F.binary_cross_entropy_with_logits(_t(picked[positive]), _t(targets[positive]))
     np.testing.assert_allclose(parts["mask"], expected_mask.item(), rtol=1e-5)
     names = ("rpn_objectness", "rpn_box", "box_class", "box_regression", "mask")
@@ -115,7 +123,8 @@ def test_images_without_objects_give_finite_losses_and_zero_box_and_mask_losses(
     assert not sampled["class_ids"].numpy().any()
     variables = {k: tf.Variable(v) for k, v in outputs.items() if k != "anchors"}
     with tf.GradientTape() as tape:
-        parts = detector_losses(dict(variables, anchors=anchors), batch, sampled, seed=keras.random.SeedGenerator(0))
+        parts = detector_losses(_on_positives(dict(variables, anchors=anchors), sampled), batch, sampled,
+                                seed=keras.random.SeedGenerator(0))
     for name in ("rpn_box", "box_regression", "mask"):
         assert parts[name].numpy() == 0.0
     assert parts["rpn_objectness"].numpy() > 0 and parts["box_class"].numpy() > 0
@@ -131,7 +140,8 @@ def test_gradients_through_padding_are_finite():
     sampled = box_head_targets(_proposals(batch, rng), batch["boxes"], batch["class_ids"], num_samples=S, seed=1)
     variables = {k: tf.Variable(v) for k, v in outputs.items() if k != "anchors"}
     with tf.GradientTape() as tape:
-        parts = detector_losses(dict(variables, anchors=anchors), batch, sampled, seed=keras.random.SeedGenerator(1))
+        parts = detector_losses(_on_positives(dict(variables, anchors=anchors), sampled), batch, sampled,
+                                seed=keras.random.SeedGenerator(1))
     gradients = tape.gradient(parts["loss"], variables)
     for name, gradient in gradients.items():
         assert np.isfinite(gradient.numpy()).all() and np.abs(gradient.numpy()).sum() > 0, name
@@ -148,8 +158,8 @@ def test_two_replicas_sum_to_the_one_device_losses(two_replica_strategy):
     proposals = np.concatenate([_proposals(full, rng), _proposals(empty, rng)])
     sampled = {k: v.numpy() for k, v in box_head_targets(proposals, batch["boxes"], batch["class_ids"],
                                                           batch["crowd_boxes"], num_samples=S, seed=0).items()}
-    single = detector_losses(dict(outputs, anchors=anchors), batch, sampled, seed=keras.random.SeedGenerator(0),
-                             rpn_num_samples=1000)
+    single = detector_losses(_on_positives(dict(outputs, anchors=anchors), sampled), batch, sampled,
+                             seed=keras.random.SeedGenerator(0), rpn_num_samples=1000)
 
     def halves(context):
         part = slice(2 * context.replica_id_in_sync_group, 2 * context.replica_id_in_sync_group + 2)
@@ -159,7 +169,8 @@ def test_two_replicas_sum_to_the_one_device_losses(two_replica_strategy):
     with strategy.scope():
         seed = keras.random.SeedGenerator(0)
     per_replica = strategy.run(
-        lambda o, b, s: detector_losses(dict(o, anchors=anchors), b, s, seed=seed, rpn_num_samples=1000),
+        lambda o, b, s: detector_losses(_on_positives(dict(o, anchors=anchors), s), b, s, seed=seed,
+                                        rpn_num_samples=1000),
         args=strategy.experimental_distribute_values_from_function(halves))
     for name, value in single.items():
         total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[name], axis=None)

@@ -93,6 +93,24 @@ def test_unaligned_multilevel_roi_align_matches_torchvision_multiscale_roi_align
     np.testing.assert_allclose(ours.reshape(-1, 7, 7, channels), expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
 
 
+def test_flat_roi_align_of_rois_of_any_images_matches_torchvision():
+    # The training step's form: one flat list of RoIs with their image index (7 of image 0 and 5 of image 1,
+    # interleaved), against torchvision's per-image lists.
+    channels = 3
+    features, boxes = _random_levels_and_boxes(2, channels, 7)
+    per_image = [boxes[0], boxes[1, :5]]
+    image_index = np.array([0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0], np.int32)
+    flat = np.zeros((len(image_index), 4), np.float32)
+    for b, image_boxes in enumerate(per_image):
+        flat[image_index == b] = image_boxes
+    ours = MultiLevelRoIAlign(14, 2, aligned=False, level_epsilon=1e-6)([flat, *features],
+                                                                        image_index=image_index).numpy()
+    expected = _torchvision_roi_align([torch.from_numpy(f).permute(0, 3, 1, 2) for f in features], per_image, 14)
+    order = np.concatenate([np.flatnonzero(image_index == b) for b in (0, 1)])  # torchvision's: image by image
+    assert ours.shape == (12, 14, 14, channels)
+    np.testing.assert_allclose(ours[order], expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("output_size", [7, 14])
 def test_multilevel_roi_align_gradient_matches_torchvision_backward(output_size):
     # The gradient w.r.t. every level (models.roi_align's own backward, in a tf.function and eagerly) against

@@ -14,7 +14,9 @@ from data.synthetic_coco import write_coco_sample
 from models.mask_rcnn.detector import build_mask_rcnn
 from models.mask_rcnn.detector_io import init_from, load_detector
 from models.mask_rcnn.detector_losses import LOSS_NAMES
+from models.mask_rcnn import detector_trainer
 from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
+from models.mask_rcnn.targets import mask_targets
 from models.mask_rcnn.transform import detector_inputs
 from models.training import SegmentationSGD
 
@@ -114,6 +116,55 @@ def test_box_regression_falls_at_a_step_size_its_features_allow(split):
         trainer.train_on_batch(batch)
     after = _losses(trainer, batch)["box_regression"]
     assert after < before, (before, after)
+
+
+def test_the_mask_loss_on_the_positives_alone_equals_that_of_the_fixed_slots(split, monkeypatch):
+    """The mask branch runs on the batch's positive RoIs only; before, it ran on the first
+    box_batch_size / 4 sampled slots of each image (every positive is there) and the loss weighted the others 0.
+    On the same batch, weights and sampling, the loss is that one, recomputed here from those slots (the
+    detector's own RoIAlign and mask head on them, BCE from logits in NumPy float64)."""
+    keras.utils.set_random_seed(0)
+    trainer = _trainer(split, "all")
+    trainer.box_batch_size = 64  # 16 slots per image: room for more than this sample's positives
+    batch = _batch(split)
+    sampled = {}
+
+    def recording(*args, **kwargs):  # box_head_targets, its sample kept for the reference
+        sampled.update(box_head_targets(*args, **kwargs))
+        return dict(sampled)
+
+    box_head_targets = detector_trainer.box_head_targets
+    monkeypatch.setattr(detector_trainer, "box_head_targets", recording)
+    loss = _losses(trainer, batch)["mask"]
+
+    slots = 64 // 4
+    class_ids = sampled["class_ids"].numpy()[:, :slots]
+    positive = class_ids > 0
+    assert positive.sum() == (sampled["class_ids"].numpy() > 0).sum() > 0 and not positive.all()
+    pyramid = trainer.stages["fpn"](detector_inputs(batch)["images"], training=True)
+    features = trainer.stages["mask_roi_align"]([sampled["rois"][:, :slots], *(pyramid[f"P{k}"] for k in range(2, 6))])
+    logits = trainer.stages["mask_head"](features, training=True).numpy().astype(np.float64)
+    targets = mask_targets(batch["masks"], batch["boxes"], sampled["rois"][:, :slots],
+                           sampled["gt_index"][:, :slots], logits.shape[2]).numpy()
+    x = np.take_along_axis(logits, class_ids[..., None, None, None], axis=-1)[..., 0][positive]
+    y = targets[positive]
+    expected = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_a_batch_without_positives_trains_with_a_zero_mask_loss(split):
+    """No object in either image: no positive RoI; the mask loss is 0, the compiled step finite, and the v2 mask
+    head's BatchNorm statistics stay finite (its batch never empty: positive_rois' stand-in row)."""
+    detector = build_mask_rcnn(split.categories.num_classes, variant="v2", **TINY)
+    set_stage(detector, "all")
+    trainer = DetectorTrainer(detector, box_batch_size=32, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=100, seed=0)
+    trainer.compile(optimizer=SegmentationSGD(0.01, momentum=0.9, l2=0.0, global_clipnorm=5.0))
+    batch = dict(_batch(split))
+    for key in ("boxes", "class_ids", "crowd_boxes"):
+        batch[key] = tf.zeros_like(batch[key])
+    logs = trainer.train_on_batch(batch, return_dict=True)
+    assert logs["mask_loss"] == 0.0 and all(np.isfinite(v) for v in logs.values()), logs
+    assert all(np.isfinite(w.numpy()).all() for w in detector.get_layer("mask_head").weights)
 
 
 def _trainable_paths(trainer):
