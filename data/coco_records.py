@@ -33,9 +33,9 @@ reader keeps the first max_instances, as data.coco.read_coco does):
     crowd/boxes       float [4C] iscrowd regions, as boxes
 
 Reading: shards are listed from the manifest (no JSON parsing); training
-shuffles the shard order every epoch, interleaves INTERLEAVE shards and permutes
-each window of SHUFFLE_BUFFER records, all keyed by (seed, epoch); evaluation
-reads in image-id order. Memory is bounded by the window, whatever the dataset's
+shuffles the shard order every epoch, interleaves INTERLEAVE shards and shuffles
+the records through a buffer of SHUFFLE_BUFFER, all keyed by (seed, epoch); evaluation
+reads in image-id order. Memory is bounded by the buffer, whatever the dataset's
 size (COCO: 1024 records, about 170 MB).
 """
 import dataclasses
@@ -260,8 +260,8 @@ def read_records(records, *, training, seed=None, input_context=None):
         return dataset.shard(num_pipelines, pipeline) if by_example else dataset
 
     if training:
-        # Stateless shuffles keyed by (seed, epoch): Dataset.shuffle cannot take a per-epoch seed
-        # tensor when a global seed is set. Without a seed, one random key for the whole run.
+        # Every shuffle is keyed by (seed, epoch) alone, so a resumed run's .skip(steps) sees the same
+        # order. Without a seed, one random key for the whole run.
         key = int(np.random.default_rng(seed).integers(2 ** 62))
 
         def one_epoch(epoch):
@@ -269,10 +269,14 @@ def read_records(records, *, training, seed=None, input_context=None):
             serialized = tf.data.Dataset.from_tensor_slices(names).interleave(
                 tf.data.TFRecordDataset, cycle_length=min(len(files), INTERLEAVE),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            # Each window of SHUFFLE_BUFFER consecutive records is permuted as one.
-            windows = share(serialized).batch(SHUFFLE_BUFFER).enumerate()
-            serialized = windows.map(lambda i, window: tf.random.experimental.stateless_shuffle(
-                window, seed=tf.stack([key, epoch * 2 ** 20 + i]))).unbatch()
+            # tf.data's buffer shuffle moves the records it holds; permuting batched windows of them
+            # (stateless_shuffle between batch and unbatch) copied each one twice more: 0.07 CPU ms per
+            # 480x640 image here (BENCHMARKS.md 2b). Its seed pair would take the global seed
+            # (tf.random.set_seed) as its first half, and a global seed of 0 fails on a tensor op seed:
+            # this function's graph gets none, so the pair is (TF's default, a draw from (seed, epoch)).
+            tf.compat.v1.get_default_graph().seed = None
+            epoch_seed = tf.random.stateless_uniform([], seed=tf.stack([key, epoch]), minval=None, dtype=tf.int64)
+            serialized = share(serialized).shuffle(SHUFFLE_BUFFER, seed=epoch_seed)
             return serialized.map(lambda s: (s, epoch))
 
         dataset = tf.data.Dataset.counter().flat_map(one_epoch)
