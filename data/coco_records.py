@@ -231,13 +231,17 @@ def _check_source(records, ann_path):
                                   f"from it: delete that folder to convert again")
 
 
-def read_records(records, *, training, seed=None, input_context=None):
+def read_records(records, *, training, seed=None, input_context=None, prepare=None):
     """Examples (see data.coco.prepare_example) of a CocoRecords: the reader behind make_dataset.
 
     Training: endless, epoch after epoch; eval: once, in image-id order, with a
     known length. input_context: pipeline i of n reads shards i, i + n, ... (or,
     with fewer shards than pipelines, every n-th example from i), so the n
     pipelines see disjoint shares that together are the whole split.
+    prepare: a function of one example (make_dataset's prepare_example), run in
+    the map that parses it: the dataset then holds its results. One parallel
+    map instead of two saves a hand-over between threads per image (about 0.04
+    CPU ms here).
     """
     shards = list(zip(records.shard_paths, records.image_counts()))
     num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -282,10 +286,16 @@ def read_records(records, *, training, seed=None, input_context=None):
         dataset = tf.data.Dataset.counter().flat_map(one_epoch)
     else:
         dataset = share(tf.data.TFRecordDataset(files)).map(lambda s: (s, tf.constant(0, tf.int64)))
-    parse = functools.partial(_parse, mask_size=records.mask_size, max_instances=records.max_instances)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if records.skip_images_without_annotations:
-        dataset = dataset.filter(lambda example: tf.shape(example["boxes"])[0] > 0)
+        # Before the full parse (and prepare's decoding): reading one feature of a record is cheap.
+        dataset = dataset.filter(lambda serialized, epoch: tf.size(tf.io.parse_single_example(
+            serialized, {"instances/class_ids": _FEATURES["instances/class_ids"]})["instances/class_ids"]) > 0)
+
+    def parse(serialized, epoch):
+        example = _parse(serialized, epoch, mask_size=records.mask_size, max_instances=records.max_instances)
+        return example if prepare is None else prepare(example)
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not training:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(sum(keep)))
     return dataset
