@@ -280,17 +280,18 @@ def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333,
     drop_remainder = training if drop_remainder is None else drop_remainder
     # Flips are stateless: drawn from (seed, epoch, image id); without a seed, from a random one.
     flip_seed = int(np.random.default_rng(seed).integers(2 ** 31))
+    prepare = functools.partial(prepare_example, training=training, short_side=short_side, long_side=long_side,
+                                flip_seed=flip_seed)
     if isinstance(split, CocoSplit):
         if input_context is not None:
             raise ValueError("input_context needs the record route (data.coco_records.open_records)")
-        dataset = _memory_examples(split, training, seed)
+        dataset = _memory_examples(split, training, seed).map(
+            prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         from data.coco_records import read_records
 
-        dataset = read_records(split, training=training, seed=seed, input_context=input_context)
-    prepare = functools.partial(prepare_example, training=training, short_side=short_side, long_side=long_side,
-                                flip_seed=flip_seed)
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # prepare runs in the records' parsing map (one parallel stage, not two).
+        dataset = read_records(split, training=training, seed=seed, input_context=input_context, prepare=prepare)
     # The batch op pads the instances to max_instances as it copies them in (no per-example padded copy).
     m, s = split.max_instances, split.mask_size
     padded_shapes = dict(image=[None, None, 3], image_id=[], boxes=[m, 4], class_ids=[m], masks=[m, s, s],
@@ -345,9 +346,9 @@ def prepare_example(example, *, training, short_side, long_side, flip_seed):
     with N, C <= max_instances.
     """
     image = tf.io.decode_image(example["image_bytes"], channels=3, expand_animations=False)
+    # The model crops each image to original_size, so the file must hold that size: both readers check it
+    # before this runs (coco_convert when it converts, read_coco(in_memory=True) from the file's header).
     original = example["original_size"]
-    # The model crops each image to original_size: the file must hold that size (both readers check it).
-    tf.debugging.assert_equal(tf.shape(image)[:2], original, message="decoded image size != original_size")
     new_h, new_w = resized_size(original[0], original[1], short_side, long_side)
     box_scale = tf.stack([new_h, new_w, new_h, new_w]) / tf.tile(original, [2])
     boxes = example["boxes"] * tf.cast(box_scale, tf.float32)

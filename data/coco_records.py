@@ -33,9 +33,9 @@ reader keeps the first max_instances, as data.coco.read_coco does):
     crowd/boxes       float [4C] iscrowd regions, as boxes
 
 Reading: shards are listed from the manifest (no JSON parsing); training
-shuffles the shard order every epoch, interleaves INTERLEAVE shards and permutes
-each window of SHUFFLE_BUFFER records, all keyed by (seed, epoch); evaluation
-reads in image-id order. Memory is bounded by the window, whatever the dataset's
+shuffles the shard order every epoch, interleaves INTERLEAVE shards and shuffles
+the records through a buffer of SHUFFLE_BUFFER, all keyed by (seed, epoch); evaluation
+reads in image-id order. Memory is bounded by the buffer, whatever the dataset's
 size (COCO: 1024 records, about 170 MB).
 """
 import dataclasses
@@ -231,13 +231,17 @@ def _check_source(records, ann_path):
                                   f"from it: delete that folder to convert again")
 
 
-def read_records(records, *, training, seed=None, input_context=None):
+def read_records(records, *, training, seed=None, input_context=None, prepare=None):
     """Examples (see data.coco.prepare_example) of a CocoRecords: the reader behind make_dataset.
 
     Training: endless, epoch after epoch; eval: once, in image-id order, with a
     known length. input_context: pipeline i of n reads shards i, i + n, ... (or,
     with fewer shards than pipelines, every n-th example from i), so the n
     pipelines see disjoint shares that together are the whole split.
+    prepare: a function of one example (make_dataset's prepare_example), run in
+    the map that parses it: the dataset then holds its results. One parallel
+    map instead of two saves a hand-over between threads per image (about 0.04
+    CPU ms here).
     """
     shards = list(zip(records.shard_paths, records.image_counts()))
     num_pipelines = input_context.num_input_pipelines if input_context else 1
@@ -260,8 +264,8 @@ def read_records(records, *, training, seed=None, input_context=None):
         return dataset.shard(num_pipelines, pipeline) if by_example else dataset
 
     if training:
-        # Stateless shuffles keyed by (seed, epoch): Dataset.shuffle cannot take a per-epoch seed
-        # tensor when a global seed is set. Without a seed, one random key for the whole run.
+        # Every shuffle is keyed by (seed, epoch) alone, so a resumed run's .skip(steps) sees the same
+        # order. Without a seed, one random key for the whole run.
         key = int(np.random.default_rng(seed).integers(2 ** 62))
 
         def one_epoch(epoch):
@@ -269,19 +273,29 @@ def read_records(records, *, training, seed=None, input_context=None):
             serialized = tf.data.Dataset.from_tensor_slices(names).interleave(
                 tf.data.TFRecordDataset, cycle_length=min(len(files), INTERLEAVE),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            # Each window of SHUFFLE_BUFFER consecutive records is permuted as one.
-            windows = share(serialized).batch(SHUFFLE_BUFFER).enumerate()
-            serialized = windows.map(lambda i, window: tf.random.experimental.stateless_shuffle(
-                window, seed=tf.stack([key, epoch * 2 ** 20 + i]))).unbatch()
+            # tf.data's buffer shuffle moves the records it holds; permuting batched windows of them
+            # (stateless_shuffle between batch and unbatch) copied each one twice more: 0.07 CPU ms per
+            # 480x640 image here (BENCHMARKS.md 2b). Its seed pair would take the global seed
+            # (tf.random.set_seed) as its first half, and a global seed of 0 fails on a tensor op seed:
+            # this function's graph gets none, so the pair is (TF's default, a draw from (seed, epoch)).
+            tf.compat.v1.get_default_graph().seed = None
+            epoch_seed = tf.random.stateless_uniform([], seed=tf.stack([key, epoch]), minval=None, dtype=tf.int64)
+            serialized = share(serialized).shuffle(SHUFFLE_BUFFER, seed=epoch_seed)
             return serialized.map(lambda s: (s, epoch))
 
         dataset = tf.data.Dataset.counter().flat_map(one_epoch)
     else:
         dataset = share(tf.data.TFRecordDataset(files)).map(lambda s: (s, tf.constant(0, tf.int64)))
-    parse = functools.partial(_parse, mask_size=records.mask_size, max_instances=records.max_instances)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if records.skip_images_without_annotations:
-        dataset = dataset.filter(lambda example: tf.shape(example["boxes"])[0] > 0)
+        # Before the full parse (and prepare's decoding): reading one feature of a record is cheap.
+        dataset = dataset.filter(lambda serialized, epoch: tf.size(tf.io.parse_single_example(
+            serialized, {"instances/class_ids": _FEATURES["instances/class_ids"]})["instances/class_ids"]) > 0)
+
+    def parse(serialized, epoch):
+        example = _parse(serialized, epoch, mask_size=records.mask_size, max_instances=records.max_instances)
+        return example if prepare is None else prepare(example)
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not training:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(sum(keep)))
     return dataset

@@ -165,6 +165,23 @@ def test_training_order_is_seeded(records):
     assert ids(1) == first and sorted(first) == sorted(ids(2)) and ids(2) != first
 
 
+def test_training_order_does_not_depend_on_the_global_seed(records):
+    # A global seed of 0 (keras.utils.set_random_seed(0)) once made a tensor-seeded Dataset.shuffle fail.
+    def ids():
+        dataset = coco_records.read_records(records, training=True, seed=1)
+        return [int(e["image_id"]) for e in dataset.take(40)]  # two epochs
+
+    orders = []
+    try:
+        for global_seed in (0, 5, None):
+            tf.random.set_seed(global_seed)
+            orders.append(ids())
+    finally:
+        tf.random.set_seed(None)
+    assert orders[0] == orders[1] == orders[2]
+    assert sorted(orders[0][:20]) == sorted(orders[0][20:]) and orders[0][:20] != orders[0][20:]
+
+
 @pytest.mark.parametrize("shards", [5, 1])
 def test_two_input_contexts_see_disjoint_complete_halves(root, tmp_path, records, shards):
     split = records
