@@ -220,6 +220,9 @@ class MultiLevelRoIAlign(keras.layers.Layer):
     def __init__(self, output_size=7, sampling_ratio=2, min_level=2, max_level=5,
                  canonical_size=CANONICAL_SIZE, canonical_level=CANONICAL_LEVEL, aligned=True, level_epsilon=None,
                  **kwargs):
+        # No autocast: under mixed_float16 Keras cast the boxes of a call with image_index to float16, whose
+        # spacing is 1 px above 1024 (1333.3 -> 1333). The features are read in float32 anyway (one table).
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)

@@ -24,6 +24,9 @@ class Detections(keras.layers.Layer):
     """
 
     def __init__(self, score_threshold=0.05, nms_threshold=0.5, max_detections=100, min_size=1e-2, **kwargs):
+        # Box arithmetic in float32 under every policy: Keras's autocast would hand this layer float16
+        # deltas and boxes under mixed_float16 (1 px spacing past 1024 px).
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)

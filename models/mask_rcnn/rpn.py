@@ -99,6 +99,9 @@ class Proposals(keras.layers.Layer):
 
     def __init__(self, num_anchors=3, pre_nms_top_n=1000, post_nms_top_n=1000, nms_threshold=0.7, min_size=1e-3,
                  **kwargs):
+        # Box arithmetic in float32 under every policy: Keras's autocast would hand this layer float16
+        # deltas and boxes under mixed_float16 (1 px spacing past 1024 px).
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.num_anchors = int(num_anchors)
         self.pre_nms_top_n = int(pre_nms_top_n)

@@ -293,3 +293,35 @@ def test_a_batch_gives_each_image_its_own_detections():
         np.testing.assert_array_equal(together["class_ids"][b], alone["class_ids"][0])
         boxes = together["boxes"][b, :count].numpy()
         assert boxes[:, 2].max() <= sizes[b, 0] and boxes[:, 3].max() <= sizes[b, 1]
+
+
+def test_proposals_and_detections_keep_float32_boxes_under_mixed_float16():
+    """Box arithmetic in float32 whatever the policy: coordinates past 1024 px, where float16's spacing is 1 px,
+    give the same proposals and detections under mixed_float16 as under float32 (the FPN levels handed to
+    Proposals, for their shapes, are float16 as in the mixed detector)."""
+    from models.mask_rcnn.detections import Detections
+    from models.mask_rcnn.rpn import Proposals
+
+    rng = np.random.default_rng(0)
+    levels = [tf.zeros([1, 4 // 2 ** k or 1, 4 // 2 ** k or 1, 8], tf.float16) for k in range(5)]
+    count = 3 * sum(int(level.shape[1] * level.shape[2]) for level in levels)
+    corners = rng.uniform(1030.0, 1300.0, size=(1, count, 2)).astype(np.float32)
+    anchors = tf.constant(np.concatenate([corners, corners + rng.uniform(5, 40, (1, count, 2))], -1), tf.float32)
+    proposal_inputs = [tf.constant(rng.normal(size=(1, count)), tf.float32),
+                       tf.constant(rng.normal(0, 0.1, (1, count, 4)), tf.float32), anchors,
+                       tf.constant([[1400, 1400]], tf.int32), *levels]
+    rois = anchors[:, :20]
+    detection_inputs = [tf.constant(rng.normal(0, 3, (1, 20, 4)), tf.float32),
+                        tf.constant(rng.normal(0, 0.1, (1, 20, 4, 4)), tf.float32), rois,
+                        tf.constant([20], tf.int32), tf.constant([[1400, 1400]], tf.int32)]
+    results = {}
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            results[policy] = (Proposals(3, pre_nms_top_n=50, post_nms_top_n=20)(proposal_inputs),
+                               Detections(score_threshold=0.0)(detection_inputs))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    for got, want in zip(tf.nest.flatten(results["mixed_float16"]), tf.nest.flatten(results["float32"])):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)

@@ -158,3 +158,25 @@ def test_layer_config_round_trip():
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(clone, MultiLevelRoIAlign)
     assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_boxes_keep_float32_under_mixed_float16(flat):
+    """Box coordinates past 1024 px (float16's spacing there is 1 px) sample where float32 boxes do.
+
+    P2 rises by 10 per column near x = 1333, so a box moved by 0.3 px (what a float16 cast of 1333.3 does)
+    changes the crop by 0.75, against 0.016 for float16's rounding of the output."""
+    columns = tf.range(336, dtype=tf.float32)[None, None, :, None]
+    features = [tf.tile((columns - 330.0) * 10.0, [1, 8, 1, 1])] + [
+        tf.zeros([1, 8 // 2 ** k, 336 // 2 ** k, 1]) for k in range(1, 4)]
+    boxes = tf.constant([[10.3, 1333.3, 14.7, 1337.7]])  # small: level 2
+    expected = multilevel_roi_align(features, boxes[None], output_size=2, sampling_ratio=2)[0]
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layer = MultiLevelRoIAlign(output_size=2, sampling_ratio=2)
+        half = [tf.cast(f, tf.float16) for f in features]  # as the FPN hands them over (exact here)
+        got = (layer([boxes, *half], image_index=tf.constant([0])) if flat else layer([boxes[None], *half])[0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert got.dtype == tf.float16
+    np.testing.assert_allclose(got.numpy().astype(np.float32), expected.numpy(), atol=0.05)
