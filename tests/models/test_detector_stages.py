@@ -288,8 +288,9 @@ def test_a_batch_gives_each_image_its_own_detections():
         alone = model({"images": images[b:b + 1], "image_sizes": sizes[b:b + 1]})
         count = int(alone["num_detections"][0])
         assert int(together["num_detections"][b]) == count
+        # Batched and single convolutions round differently (by up to 4e-4 px on these boxes on an AVX2 CPU).
         for key in ("boxes", "scores", "masks"):
-            np.testing.assert_allclose(together[key][b, :count], alone[key][0, :count], atol=1e-4)
+            np.testing.assert_allclose(together[key][b, :count], alone[key][0, :count], atol=1e-3)
         np.testing.assert_array_equal(together["class_ids"][b], alone["class_ids"][0])
         boxes = together["boxes"][b, :count].numpy()
         assert boxes[:, 2].max() <= sizes[b, 0] and boxes[:, 3].max() <= sizes[b, 1]

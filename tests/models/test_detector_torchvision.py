@@ -93,10 +93,19 @@ def test_detections_and_mask_probabilities_match_on_the_same_proposals(setup, he
     count = int(heads["num_detections"])
     assert count == len(reference["boxes"]) == 100  # the random weights are scaled to give a full set
     category_ids = np.asarray(model.get_layer("categories").category_ids)
-    np.testing.assert_array_equal(category_ids[heads["class_ids"][:count] - 1], reference["labels"])
-    np.testing.assert_allclose(heads["boxes"][:count], reference["boxes"], atol=1e-2)
+    labels, boxes = category_ids[heads["class_ids"][:count] - 1], heads["boxes"][:count]
+    # Each reference detection is one of ours (same label, box within 1e-2 px). Two detections whose scores
+    # are a few 1e-6 apart may swap places (float32 rounding differs between CPUs: seen on an AVX2-only
+    # machine), so the pairing may permute the order, but only among scores within 1e-5 of each other.
+    same = (labels[None] == reference["labels"][:, None]) & (
+        np.abs(boxes[None] - reference["boxes"][:, None]).max(-1) < 1e-2)
+    assert same.sum(axis=1).min() >= 1
+    order = same.argmax(axis=1)  # ours for each reference detection
+    assert sorted(order) == list(range(count))
     np.testing.assert_allclose(heads["scores"][:count], reference["scores"], atol=1e-5)
-    np.testing.assert_allclose(heads["masks"][:count], reference["mask_probs"], atol=2e-3)
+    np.testing.assert_allclose(heads["scores"][order], reference["scores"], atol=1e-5)
+    np.testing.assert_allclose(boxes[order], reference["boxes"], atol=1e-2)
+    np.testing.assert_allclose(heads["masks"][order], reference["mask_probs"], atol=2e-3)
 
 
 def test_transform_matches_torchvision_at_800_1333():
