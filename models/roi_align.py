@@ -77,15 +77,17 @@ def _axis_samples(start, end, length, output_size, sampling_ratio, aligned=True)
     return index, weight
 
 
-def crop_and_sample(table, base, height, width, boxes, output_size, sampling_ratio, aligned=True):
+def crop_and_sample(maps, base, height, width, boxes, output_size, sampling_ratio, aligned=True):
     """RoIAlign of R boxes, each on its own map stored in a flat table.
 
-    table: [T, C] float32, maps flattened row-major and concatenated.
-    base: [R] int32, row of `table` where each box's map starts.
+    maps: list of [B, ..., C] float32 tensors whose rows, taken image by image
+        (image b's rows of every map in turn, each map's rows row-major), form
+        the table [T, C] (a single [T, C] tensor is one map of T "images").
+    base: [R] int32, row of the table where each box's map starts.
     height, width: [R] int32, that map's size.
     boxes: [R, 4] float32 (y1, x1, y2, x2) in that map's continuous pixels.
     Returns [R, output_size, output_size, C] float32. The gradient flows to
-    `table` only, not to the boxes (as torchvision's roi_align).
+    `maps` only, not to the boxes (as torchvision's roi_align).
 
     Each bin's value is a weighted sum over K = 4 s^2 (sample within the bin,
     neighbour) pairs: _weighted_gathers says in which order, to keep memory low.
@@ -110,55 +112,85 @@ def crop_and_sample(table, base, height, width, boxes, output_size, sampling_rat
     # A trailing axis of 1 on both: gather_nd / scatter indices, and weights that broadcast over channels.
     # (Slicing weight[k, ..., None] inside _weighted_gathers instead made grappler's arithmetic optimizer
     # emit a wrong-shaped multiply in the training step's graph: 'Incompatible shapes' at run time.)
-    return _weighted_gathers(table, tf.stack(flat)[..., None], tf.stop_gradient(tf.stack(weight))[..., None]) / float(
-        s * s)
+    return _weighted_gathers(tf.stack(flat)[..., None], tf.stop_gradient(tf.stack(weight))[..., None],
+                             *maps) / float(s * s)
+
+
+def _table(maps):
+    """The [T, C] table of crop_and_sample's maps: each image's rows of every map in turn."""
+    channels = tf.shape(maps[0])[-1]
+    rows = [tf.reshape(m, [tf.shape(m)[0], -1, channels]) for m in maps]
+    return tf.reshape(rows[0] if len(rows) == 1 else tf.concat(rows, axis=1), [-1, channels])
 
 
 @tf.custom_gradient
-def _weighted_gathers(table, flat, weight):
-    """sum_k weight[k] * table[flat[k]]: table [T, C] float32, flat [K, R, n, n, 1] int32 (rows of table),
-    weight [K, R, n, n, 1] float32 -> [R, n, n, C] float32; the gradient flows to `table` only.
+def _weighted_gathers(flat, weight, *maps):
+    """sum_k weight[k] * table[flat[k]]: flat [K, R, n, n, 1] int32 (rows of the table of `maps`, see
+    crop_and_sample), weight [K, R, n, n, 1] float32 -> [R, n, n, C] float32; the gradient flows to
+    `maps` only.
 
     Forward: one gather per k, each [R, n, n, C], added to the sum before the
     next one starts (the control dependencies keep TensorFlow's executor from
     running the K independent gathers at once). Gathering all K at once
     ([R, n*s, 2, n*s, 2, C], then reduced) held K times the output, 0.8 GB for
     1000 RoIs at 7x7 with 256 channels, and was 3-4x slower.
-    Backward: _table_gradient. tf.gather's own gradient is K IndexedSlices of
+    The table (the maps concatenated, 174 MiB for the detector's P2-P5 at
+    2 x 800 x 1344) is built here so that it lives only in this forward: as an
+    input of the custom gradient it stayed alive until the backward (measured
+    in the detector's training step), and the backward then also held its
+    gradient and that gradient's slices per map, three tables at once.
+    Backward: _maps_gradient. tf.gather's own gradient is K IndexedSlices of
     [R * n * n, C] that TensorFlow concatenates before summing them into the
     table: 2 K times the output alive at once, +1.7 GB for the detector
     training step's 1024 RoIs at 7x7 (measured).
     """
+    table = _table(maps)
     total = weight[0] * tf.gather_nd(table, flat[0])
     for k in range(1, flat.shape[0]):
         with tf.control_dependencies([total]):
             total += weight[k] * tf.gather_nd(table, flat[k])
-    shape = tf.shape(table)  # the backward keeps this, not the [T, C] table
+    shapes = [tf.shape(m) for m in maps]  # the backward keeps these, not the maps
 
     def gradient(upstream):
-        return _table_gradient(shape, flat, weight, upstream), None, None
+        return (None, None, *_maps_gradient(shapes, flat, weight, upstream))
 
     return total, gradient
 
 
 @tf.function(jit_compile=True)
-def _table_gradient(shape, flat, weight, upstream):
-    """The dense [T, C] gradient of _weighted_gathers' table: each k's weight[k] * upstream added into one
-    zero table at the rows flat[k] (shape [2] int32; flat, weight as _weighted_gathers; upstream [R, n, n, C]).
+def _maps_gradient(shapes, flat, weight, upstream):
+    """The gradients of _weighted_gathers' maps (shapes: each map's shape, [rank] int32; flat, weight as
+    _weighted_gathers; upstream [R, n, n, C]): each k's weight[k] * upstream added into each map's zero
+    gradient at the rows of flat[k] that fall in that map.
 
-    Compiled: XLA adds the K scatters into one buffer in place, one product
-    weight[k] * upstream [R, n, n, C] alive at a time. TensorFlow's own
-    TensorScatterAdd copies the [T, C] table at each of the K steps (it does not
-    forward its input buffer here): twice the table alive per RoIAlign, and
-    6x slower (1.29 s against 0.22 s for 16 scatters of 50k rows into a
-    178,500 x 256 table, measured on this 2-core machine).
+    A table row of flat[k] is image * T + offset_m + r for row r of map m
+    (crop_and_sample's layout); scattered into map m as image * rows_m + r,
+    or out of range when it is another map's row: XLA skips such updates.
+    Compiled: XLA adds the K scatters into the maps' buffers in place, one
+    product weight[k] * upstream [R, n, n, C] alive at a time. Scattering into
+    one [T, C] table and cutting it into the maps held the table and the maps
+    at once (174 MiB more in the detector's training step); TensorFlow's own
+    TensorScatterAdd copies its [T, C] input at each of the K steps (it does
+    not forward the buffer here) and was 6x slower (1.29 s against 0.22 s for
+    16 scatters of 50k rows into a 178,500 x 256 table, this 2-core machine).
     """
+    channels = shapes[0][-1]
+    rows = [tf.reduce_prod(shape[1:-1]) for shape in shapes]  # per image
+    per_image = tf.add_n(rows)
+    images = shapes[0][0]
+    image, row = flat // per_image, flat % per_image
+    indices, offset = [], 0
+    for size in rows:
+        inside = (row >= offset) & (row < offset + size)
+        indices.append(tf.where(inside, image * size + row - offset, images * size))  # out of range: skipped
+        offset += size
     # A loop, not K unrolled scatters, whose K products XLA would compute before the first scatter.
-    _, grad = tf.while_loop(
+    _, grads = tf.while_loop(
         lambda k, _: k < tf.shape(flat)[0],
-        lambda k, grad: (k + 1, tf.tensor_scatter_nd_add(grad, flat[k], weight[k] * upstream)),
-        (tf.constant(0), tf.zeros(shape, upstream.dtype)))
-    return grad
+        lambda k, grads: (k + 1, [tf.tensor_scatter_nd_add(grad, index[k], weight[k] * upstream)
+                                  for grad, index in zip(grads, indices)]),
+        (tf.constant(0), [tf.zeros([images * size, channels], upstream.dtype) for size in rows]))
+    return [tf.reshape(grad, shape) for grad, shape in zip(grads, shapes)]
 
 
 def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_level=2, max_level=5,
@@ -188,22 +220,19 @@ def multilevel_roi_align(features, boxes, *, output_size, sampling_ratio=2, min_
             canonical_level=canonical_level, aligned=aligned, level_epsilon=level_epsilon,
             image_index=tf.repeat(tf.range(batch), num_rois))
         return tf.reshape(crops, tf.concat([[batch, num_rois], tf.shape(crops)[1:]], axis=0))
-    channels = tf.shape(features[0])[-1]
+    features = [tf.cast(f, tf.float32) for f in features]
     heights = tf.stack([tf.shape(f)[1] for f in features])
     widths = tf.stack([tf.shape(f)[2] for f in features])
-    # One table [B * T, C]: image b's levels occupy rows b*T + offset_k .. b*T + offset_k + H_k*W_k.
-    table = tf.concat([tf.reshape(tf.cast(f, tf.float32), [tf.shape(f)[0], -1, channels]) for f in features],
-                      axis=1)
-    per_image = tf.shape(table)[1]
-    table = tf.reshape(table, [-1, channels])
+    # crop_and_sample's table [B * T, C]: image b's levels occupy rows b*T + offset_k .. b*T + offset_k + H_k*W_k.
+    per_image = tf.reduce_sum(heights * widths)
     offsets = tf.cumsum(heights * widths, exclusive=True)
 
     level = roi_levels(boxes, min_level=min_level, max_level=max_level, canonical_size=canonical_size,
                        canonical_level=canonical_level, level_epsilon=level_epsilon) - min_level
     base = tf.cast(image_index, tf.int32) * per_image + tf.gather(offsets, level)
     scale = tf.pow(2.0, -tf.cast(level + min_level, tf.float32))
-    return crop_and_sample(table, base, tf.gather(heights, level), tf.gather(widths, level), boxes * scale[:, None],
-                           output_size, sampling_ratio, aligned)
+    return crop_and_sample(features, base, tf.gather(heights, level), tf.gather(widths, level),
+                           boxes * scale[:, None], output_size, sampling_ratio, aligned)
 
 
 @keras.saving.register_keras_serializable(package="models")

@@ -275,5 +275,5 @@ def mask_targets(gt_masks, gt_boxes, rois, gt_index, size=28, *, image_index=Non
     in_crop = tf.math.divide_no_nan(rois - origin, extent) * float(crop) + 1.0
     base = (image_index * count + gt_index) * padded * padded
     side = tf.fill(tf.shape(base), padded)
-    values = crop_and_sample(table, base, side, side, in_crop, size, 1)
+    values = crop_and_sample([table], base, side, side, in_crop, size, 1)
     return tf.cast(values[..., 0] >= 0.5, tf.float32)
