@@ -195,8 +195,13 @@ class DetectorTrainer(keras.Model):
         with tf.GradientTape() as tape:
             parts = self.losses_of(data, training=True)
             scaled = self.optimizer.scale_loss(self._objective(parts))
+        # The backward starts once the whole forward has run, as torch's loss.backward() does. With the
+        # default seed (a constant 1), TensorFlow's executor ran the RPN losses' backward, with its
+        # [B, H/4, W/4, 256] gradients, alongside the RoI heads' forward and their RoIAlign temporaries.
+        with tf.control_dependencies([scaled]):
+            seed = tf.ones_like(scaled)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables, output_gradients=seed), variables))
         return parts
 
     def train_step(self, data):
