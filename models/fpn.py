@@ -16,6 +16,7 @@ as torchvision's maskrcnn_resnet50_fpn_v2.
 import keras
 import tensorflow as tf
 
+from models.layers import SameConv2D
 from models.resnet import BN_EPSILON, batch_norm as make_batch_norm, build_resnet
 
 LEVEL_STRIDES = {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64}
@@ -41,8 +42,13 @@ class NearestResizeLike(keras.layers.Layer):
 
 
 def _fpn_conv(x, channels, kernel_size, name, batch_norm, bn_epsilon):
-    """Conv (with bias), or conv without bias + BN (`{name}_bn`) when batch_norm."""
-    x = keras.layers.Conv2D(channels, kernel_size, padding="same", use_bias=not batch_norm, name=name)(x)
+    """Conv (with bias), or conv without bias + BN (`{name}_bn`) when batch_norm; 'same' padding, stride 1.
+
+    3x3 convs are SameConv2D: at P2 their gradient would otherwise need 590 MiB im2col buffers (1x1 convs
+    need none: TensorFlow runs them as matmuls).
+    """
+    conv = SameConv2D if kernel_size > 1 else keras.layers.Conv2D
+    x = conv(channels, kernel_size, padding="same", use_bias=not batch_norm, name=name)(x)
     if batch_norm:
         x = make_batch_norm(f"{name}_bn", epsilon=bn_epsilon)(x)
     return x

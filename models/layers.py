@@ -1,9 +1,10 @@
 """Small serializable layers shared by the models.
 
-Both work on any (dynamic) spatial size and are differentiable.
+They work on any (dynamic) spatial size and are differentiable.
 """
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # whether a graph is being compiled by XLA
 
 
 def _averaging_matrix(bins, size):
@@ -223,3 +224,152 @@ def _shifted_resize_matrices(source, target, kernel_size, dtype, align_corners=F
     half = kernel_size // 2
     rows = tf.pad(_resize_matrix(source, target, dtype, align_corners), [[half, half], [0, 0]])
     return tf.stack([rows[i:i + target] for i in range(kernel_size)])
+
+
+def same_conv2d(x, kernel, bias=None):
+    """tf.nn.conv2d(x, kernel, strides=1, padding="SAME") (+ bias) with a gradient that needs no im2col buffer.
+
+    x: [B, H, W, C_in]; kernel: [k_h, k_w, C_in, C_out], k_h and k_w odd; bias: None or [C_out].
+    Returns [B, H, W, C_out]: TensorFlow's own convolution and bias add, as
+    keras.layers.Conv2D runs them (the bias inside the custom gradient, so that
+    grappler still fuses the two in a graph: the same numbers as Conv2D's).
+
+    Why: without oneDNN (TensorFlow's default on CPUs without AVX-512, such
+    as this project's 2-core AMD machine), Conv2DBackpropFilter and
+    Conv2DBackpropInput unfold one whole image into an im2col buffer
+    [H * W, k_h * k_w * C_in]: 590 MiB each for a 3 x 3, 256-channel
+    convolution on the detector's P2 (200 x 336), the largest allocation of
+    its training step (measured). Here:
+    - the input gradient is a 'same' convolution of the upstream gradient
+      with the kernel flipped and transposed (exact for stride 1, odd sizes);
+    - the kernel gradient is summed over strips of rows (_kernel_gradient):
+      at most STRIP_FLOATS floats of x and of dy copied at a time.
+    """
+    # A tensor, not a variable (Keras hands layers their variables): tf.custom_gradient would want their gradient.
+    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    if bias is None:
+        return _same_conv2d(x, kernel)
+    return _same_conv2d_bias(x, kernel, tf.convert_to_tensor(bias))
+
+
+def _conv_gradients(x, kernel, dy):
+    """(dx, d kernel) of same_conv2d."""
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        # In a jit_compile=True function XLA compiles TensorFlow's own gradient ops (no im2col buffer there),
+        # and it could not compile the strips: their sizes depend on the loop index.
+        return (tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                               strides=[1, 1, 1, 1], padding="SAME"),
+                tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+                                                strides=[1, 1, 1, 1], padding="SAME"))
+    dkernel = _kernel_gradient(x, dy, kernel.shape[0], kernel.shape[1])
+    with tf.control_dependencies([dkernel]):  # one strip's copies alive at a time, not theirs and dx's
+        dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), strides=1, padding="SAME")
+    return dx, dkernel
+
+
+@tf.custom_gradient
+def _same_conv2d(x, kernel):
+    return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), lambda dy: _conv_gradients(x, kernel, dy)
+
+
+@tf.custom_gradient
+def _same_conv2d_bias(x, kernel, bias):
+    y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME") + tf.reshape(bias, [1, 1, 1, -1])  # as Conv2D adds it
+    return y, lambda dy: (*_conv_gradients(x, kernel, dy), tf.reduce_sum(dy, axis=[0, 1, 2]))
+
+
+STRIP_FLOATS = 1 << 22  # 16 MiB of float32 per strip copy
+
+
+def _kernel_gradient(x, dy, k_h, k_w):
+    """d kernel [k_h, k_w, C_in, C_out] of a stride-1 'same' convolution: x [B, H, W, C_in], dy [B, H, W, C_out].
+
+    d kernel[a, b] = sum over pixels (y, x) of x[y + a - k_h // 2, x + b - k_w // 2] (outer) dy[y, x],
+    one strip of rows of one image at a time (a tf.while_loop). In a strip, x
+    (with its k_h // 2 rows above and below, zero outside the image) and dy are
+    copied into grids of the same width W + k_w - 1 (dy at the top-left, zeros
+    elsewhere): there a tap's shift is one offset along the flattened rows, so
+    each tap is one matmul of a view of x's rows with dy's rows.
+    """
+    shape = tf.shape(x)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    filters = tf.shape(dy)[-1]
+    half_h, half_w = k_h // 2, k_w // 2
+    wide = width + k_w - 1
+    rows = tf.clip_by_value(STRIP_FLOATS // (wide * tf.maximum(channels, filters)), 1, height)
+    strips = (height + rows - 1) // rows
+
+    def strip_gradient(index):
+        image, first = index // strips, (index % strips) * rows
+        last = tf.minimum(first + rows, height)
+        low, high = tf.maximum(first - half_h, 0), tf.minimum(last + half_h, height)
+        # x's rows first - half_h .. last + half_h (zeros outside the image), then one zero row for the last tap.
+        xs = tf.pad(x[image, low:high], [[low - (first - half_h), (last + half_h) - high + 1], [half_w, half_w],
+                                         [0, 0]])
+        dys = tf.pad(dy[image, first:last], [[0, k_h], [0, k_w - 1], [0, 0]])
+        xs, dys = tf.reshape(xs, [-1, channels]), tf.reshape(dys, [-1, filters])
+        length = (last - first) * wide  # dy's rows that can be nonzero
+        return tf.stack([tf.stack([tf.matmul(xs[a * wide + b:a * wide + b + length], dys[:length], transpose_a=True)
+                                   for b in range(k_w)]) for a in range(k_h)])
+
+    _, total = tf.while_loop(
+        lambda index, _: index < batch * strips,
+        lambda index, total: (index + 1, total + strip_gradient(index)),
+        (tf.constant(0), tf.zeros([k_h, k_w, channels, filters], x.dtype)))
+    return total
+
+
+@keras.saving.register_keras_serializable(package="models")
+class SameConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D for stride-1 'same' convolutions with odd kernels, through same_conv2d:
+    the same weights and outputs, a training step without im2col buffers (same_conv2d says why).
+
+    The detector's FPN output convs and RPN head conv, which run at 1/4 of the
+    image's size, are these. Call: [B, H, W, C_in] -> [B, H, W, filters].
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if (tuple(self.strides) != (1, 1) or self.padding != "same" or tuple(self.dilation_rate) != (1, 1)
+                or self.groups != 1 or self.data_format != "channels_last"
+                or any(size % 2 == 0 for size in self.kernel_size)):
+            raise ValueError(f"SameConv2D is a stride-1, 'same', undilated, ungrouped channels_last convolution with "
+                             f"odd kernel sizes; got strides={self.strides}, padding={self.padding!r}, "
+                             f"dilation_rate={self.dilation_rate}, groups={self.groups}, "
+                             f"data_format={self.data_format!r}, kernel_size={self.kernel_size}")
+
+    def call(self, inputs):
+        outputs = same_conv2d(inputs, self.kernel, self.bias if self.use_bias else None)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="models")
+class PaddedConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D with `pad` zero pixels on every side, added inside the convolution (Caffe's and
+    PyTorch's padding; Keras "same" pads only bottom / right on even sizes).
+
+    Same numbers as ZeroPadding2D(pad) followed by a "valid" Conv2D, but in a
+    training step the convolution keeps its unpadded input for the backward,
+    which the layer before keeps anyway: ZeroPadding2D's output was one more
+    copy (118 MiB for the three strided 3x3 convs of the detector's ResNet-50
+    at 2 x 800 x 1344). Call: [B, H, W, C] -> [B, H', W', filters] with
+    H' = floor((H + 2 pad - dilation (k - 1) - 1) / stride) + 1.
+    """
+
+    def __init__(self, filters, kernel_size, pad=0, **kwargs):
+        if kwargs.setdefault("padding", "valid") != "valid" or kwargs.get("data_format") == "channels_first":
+            raise ValueError(f"PaddedConv2D pads by `pad` (channels_last): got padding={kwargs['padding']!r}, "
+                             f"data_format={kwargs.get('data_format')!r}")
+        super().__init__(filters, kernel_size, **kwargs)
+        self.pad = int(pad)
+
+    def convolution_op(self, inputs, kernel):
+        return tf.nn.conv2d(inputs, kernel, strides=list(self.strides), dilations=list(self.dilation_rate),
+                            padding=[[0, 0], [self.pad, self.pad], [self.pad, self.pad], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        padded = [None if size is None else size + 2 * self.pad for size in input_shape[1:3]]
+        return super().compute_output_shape((input_shape[0], *padded, input_shape[3]))
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}

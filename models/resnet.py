@@ -29,7 +29,7 @@ weights, the stride-8 C5 taken at every 4th pixel equals the stride-32 C5
 """
 import keras
 
-from models.layers import FusedBatchNormalization
+from models.layers import FusedBatchNormalization, PaddedConv2D
 
 # Keras Applications' value, so its ImageNet BN statistics transfer unchanged
 # (PyTorch/Caffe use 1e-5: the difference is immaterial).
@@ -78,24 +78,16 @@ def conv_bn(x, filters, kernel_size, name, *, stride=1, dilation=1, relu=True, s
             bn_epsilon=BN_EPSILON):
     """Conv (no bias) + BN (+ ReLU): layers `{name}_conv`, `{name}_bn`, `{name}_relu`.
 
-    A strided 3x3 conv gets explicit symmetric zero padding (`{name}_pad`), as in
-    Caffe/PyTorch: Keras "same" would pad only bottom/right on even sizes. Either
-    way the output size is ceil(size / stride).
+    A strided conv pads symmetrically (PaddedConv2D), as Caffe/PyTorch: Keras
+    "same" would pad only bottom/right on even sizes. Either way the output size
+    is ceil(size / stride).
     """
-    padding = "same"
+    conv = dict(strides=stride, dilation_rate=dilation, use_bias=False, kernel_initializer="he_normal",
+                name=f"{name}_conv")
     if stride > 1 and kernel_size > 1:
-        x = keras.layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
-        padding = "valid"
-    x = keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=stride,
-        dilation_rate=dilation,
-        padding=padding,
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=f"{name}_conv",
-    )(x)
+        x = PaddedConv2D(filters, kernel_size, pad=(kernel_size - 1) // 2, **conv)(x)
+    else:
+        x = keras.layers.Conv2D(filters, kernel_size, padding="same", **conv)(x)
     x = batch_norm(f"{name}_bn", sync_bn, bn_epsilon)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)

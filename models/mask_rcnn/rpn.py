@@ -15,6 +15,7 @@ and 1000 / 1000 in inference.
 import keras
 import tensorflow as tf
 
+from models.layers import same_conv2d
 from models.mask_rcnn.box_coder import RPN_WEIGHTS, clip_boxes, decode_boxes
 from models.mask_rcnn.nms import grouped_nms
 
@@ -52,7 +53,10 @@ class RPNHead(keras.layers.Layer):
         for feature in features:
             x = feature
             for conv in self.convs:
-                x = conv(x)
+                # conv(x) through same_conv2d: on P2 this convolution's gradient needs two 590 MiB im2col buffers
+                # otherwise (models.layers.same_conv2d). Not a SameConv2D layer: a .keras file names the weights
+                # of a layer list by class ("convs/conv2d"), and files saved before would no longer load.
+                x = conv.activation(same_conv2d(x, tf.cast(conv.kernel, x.dtype), tf.cast(conv.bias, x.dtype)))
             batch = tf.shape(x)[0]
             objectness.append(tf.reshape(self.objectness(x), [batch, -1]))
             deltas.append(tf.reshape(self.deltas(x), [batch, -1, 4]))
