@@ -85,6 +85,33 @@ def set_stage(detector, stage, *, trainable_backbone_stages=3, freeze_batch_norm
             layer.trainable = layer.name == "mask_head"
 
 
+def _rpn_backward_after_roi_heads(objectness, rpn_deltas, levels):
+    """(objectness, rpn_deltas, levels) unchanged; in the backward pass the RPN's gradients are released only
+    once the RoI heads' gradients of the levels are complete, summed over the box and mask branches.
+
+    objectness [B, N], rpn_deltas [B, N, 4]: the RPN head's outputs; levels:
+    the FPN maps [B, H_k, W_k, C] that both RoIAligns read. torch's autograd
+    runs the backward in this order (the RoI heads were created last), adding
+    each gradient into one buffer per tensor. TensorFlow's executor would run
+    the RPN's backward, with its [B, H/4, W/4, 256] gradients, while the RoI
+    heads' is still going, and would keep the box and the mask RoIAlign's
+    gradients of P2 until the RPN's came in too (one AddN of all three):
+    together about 300 MiB more at the peak of a 2 x 800 x 1344 step
+    (measured, BENCHMARKS.md 4b).
+    """
+
+    @tf.custom_gradient
+    def ordered(objectness, rpn_deltas, *levels):
+        def gradient(d_objectness, d_rpn_deltas, *d_levels):
+            with tf.control_dependencies(d_levels):
+                return (tf.identity(d_objectness), tf.identity(d_rpn_deltas), *d_levels)
+
+        return (tf.identity(objectness), tf.identity(rpn_deltas), *[tf.identity(level) for level in levels]), gradient
+
+    objectness, rpn_deltas, *levels = ordered(objectness, rpn_deltas, *levels)
+    return objectness, rpn_deltas, levels
+
+
 @keras.saving.register_keras_serializable(package="models")
 class DetectorTrainer(keras.Model):
     """Trains a build_mask_rcnn detector (see the module docstring); the detector is `trainer.detector`.
@@ -153,10 +180,12 @@ class DetectorTrainer(keras.Model):
         anchors = self.stages["anchors"]([images, *levels])
         objectness, rpn_deltas = self.stages["rpn_head"](levels, training=training)
         candidates, valid = self._candidates(data, [objectness, rpn_deltas, anchors, image_sizes, *levels])
+        roi_levels = levels[:4]
+        if self.stages["fpn"].trainable_weights:  # else no gradient reaches the levels: nothing to order
+            objectness, rpn_deltas, roi_levels = _rpn_backward_after_roi_heads(objectness, rpn_deltas, roi_levels)
         sampled = box_head_targets(candidates, data["boxes"], data["class_ids"], data.get("crowd_boxes"),
                                    proposal_valid=valid, num_samples=self.box_batch_size,
                                    positive_fraction=self.box_positive_fraction, seed=self.seed_generator)
-        roi_levels = levels[:4]
         class_logits, box_deltas = self.stages["box_head"](
             self.stages["box_roi_align"]([sampled["rois"], *roi_levels]), training=training)
         positives = positive_rois(sampled)

@@ -312,3 +312,26 @@ def test_mixed_precision_losses_match_float32_and_its_steps_train(split, policy,
     assert all(w.dtype == "float32" and np.isfinite(w.numpy()).all() for w in detector.weights)
     moved = sum(not np.array_equal(a, b) for a, b in zip(detector.get_weights(), reference.get_weights()))
     assert moved > 100  # the steps trained
+
+
+def test_ordering_the_rpn_backward_after_the_roi_heads_changes_no_value_or_gradient():
+    """_rpn_backward_after_roi_heads only orders the backward pass: the same tensors out, and each input's
+    gradient is its own (in a graph, as in the training step)."""
+    rng = np.random.default_rng(0)
+    objectness, rpn_deltas = tf.constant(rng.normal(size=(2, 5))), tf.constant(rng.normal(size=(2, 5, 4)))
+    levels = [tf.constant(rng.normal(size=(2, size, size, 3))) for size in (4, 2)]
+
+    @tf.function
+    def values_and_gradients(ordered):
+        inputs = [objectness, rpn_deltas, *levels]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = detector_trainer._rpn_backward_after_roi_heads(*inputs[:2], inputs[2:]) if ordered else \
+                (inputs[0], inputs[1], inputs[2:])
+            flat = [outputs[0], outputs[1], *outputs[2]]
+            loss = sum(tf.reduce_sum(tf.sin(tensor) * (index + 1)) for index, tensor in enumerate(flat))
+        return flat, tape.gradient(loss, inputs)
+
+    (values, gradients), (expected_values, expected_gradients) = values_and_gradients(True), values_and_gradients(False)
+    for got, want in zip(values + gradients, expected_values + expected_gradients):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
