@@ -278,6 +278,21 @@ def _same_conv2d_bias(x, kernel, bias):
     return y, lambda dy: (*_conv_gradients(x, kernel, dy), tf.reduce_sum(dy, axis=[0, 1, 2]))
 
 
+def pointwise_conv2d(x, kernel):
+    """A 1 x 1, stride-1 convolution as one matmul over the pixels: x [B, H, W, C_in], kernel [1, 1, C_in, C_out]
+    -> [B, H, W, C_out].
+
+    Why not tf.nn.conv2d: without oneDNN (TensorFlow's default on CPUs without
+    AVX-512), Conv2DBackpropInput and Conv2DBackpropFilter of a 1 x 1
+    convolution each allocate a temporary of one image's [H * W, C_in]
+    (65.6 MiB on the detector's P2, at the peak of its training step); a
+    matmul's gradient is two matmuls that allocate only their outputs.
+    """
+    kernel = tf.reshape(kernel, tf.shape(kernel)[2:])
+    outputs = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel)
+    return tf.reshape(outputs, tf.concat([tf.shape(x)[:-1], tf.shape(kernel)[1:]], axis=0))
+
+
 STRIP_FLOATS = 1 << 22  # 16 MiB of float32 per strip copy
 
 
