@@ -74,7 +74,11 @@ class SegmentationSGD(keras.optimizers.SGD):
         # (The TF backend hands over the raw tf.Variable; its Keras variable has the path.)
         path = self._trainable_variables[self._get_variable_index(variable)].path
         if self.l2 and path.endswith("/kernel"):
-            gradient = gradient + self.l2 * keras.ops.cast(variable, gradient.dtype)
+            # l2 * kernel depends only on the kernel, so TensorFlow's executor computed every one at the start of
+            # the step and held them through the whole forward and backward (168 MiB at the Mask R-CNN detector's
+            # training-step peak, measured): computed once the gradient exists, each lives only for its update.
+            with tf.control_dependencies([gradient] if isinstance(gradient, tf.Tensor) else []):
+                gradient = gradient + self.l2 * keras.ops.cast(variable, gradient.dtype)
         if self.head_lr_multiplier != 1.0 and path.startswith(self._head_prefixes):
             learning_rate = learning_rate * self.head_lr_multiplier
         if self.momentum and not self.nesterov and isinstance(gradient, tf.Tensor) and not tf.distribute.has_strategy():

@@ -33,14 +33,17 @@ def _two_layer_model():
     return keras.Model(inputs, outputs)
 
 
-def test_segmentation_sgd_adds_l2_to_kernels_only_and_multiplies_head_lr():
+@pytest.mark.parametrize("in_graph", [False, True])  # in a graph the decay waits for the gradient (update_step)
+def test_segmentation_sgd_adds_l2_to_kernels_only_and_multiplies_head_lr(in_graph):
     model = _two_layer_model()
     optimizer = training.SegmentationSGD(learning_rate=0.1, momentum=0.9, l2=0.01, head_layers=["head"],
                                          head_lr_multiplier=10.0)
     variables = model.trainable_variables
     before = {v.path: v.numpy().copy() for v in variables}
     grads = [tf.fill(v.shape, 0.5) for v in variables]  # a known gradient for every variable
-    optimizer.apply_gradients(zip(grads, variables))
+    optimizer.build(variables)
+    apply = lambda: optimizer.apply_gradients(zip(grads, variables))  # noqa: E731
+    (tf.function(apply) if in_graph else apply)()
     for v in variables:
         g = 0.5 + (0.01 * before[v.path] if v.path.endswith("kernel") else 0.0)
         lr = 0.1 * (10.0 if v.path.startswith("head/") else 1.0)
