@@ -96,7 +96,7 @@ def _rpn_backward_after_roi_heads(objectness, rpn_deltas, levels):
     the RPN's backward, with its [B, H/4, W/4, 256] gradients, while the RoI
     heads' is still going, and would keep the box and the mask RoIAlign's
     gradients of P2 until the RPN's came in too (one AddN of all three):
-    together about 300 MiB more at the peak of a 2 x 800 x 1344 step
+    together 214 MiB more at the peak of a 2 x 800 x 1344 step
     (measured, BENCHMARKS.md 4b).
     """
 
