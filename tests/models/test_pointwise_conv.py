@@ -10,8 +10,8 @@ from models.mask_rcnn.rpn import RPNHead
 def _values_and_gradients(conv, x, kernel, upstream):
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
-        loss = tf.reduce_sum(conv(x, kernel) * upstream)
         y = conv(x, kernel)
+        loss = tf.reduce_sum(y * upstream)
     return [y, *tape.gradient(loss, [x, kernel])]
 
 
@@ -37,16 +37,6 @@ def test_values_and_gradients_match_tensorflows_convolution(x_shape, filters):
         assert ours[0].shape == expected[0].shape
         for got, want in zip(ours, expected):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
-
-
-def test_float16_inputs_keep_float16():
-    x = tf.random.normal([1, 3, 4, 5], dtype=tf.float16)
-    kernel = tf.random.normal([1, 1, 5, 2], dtype=tf.float16)
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = pointwise_conv2d(x, kernel)
-    dx, dkernel = tape.gradient(y, [x, kernel])
-    assert y.dtype == dx.dtype == dkernel.dtype == tf.float16
 
 
 def test_rpn_head_gives_what_its_objectness_and_deltas_layers_give_one_by_one():

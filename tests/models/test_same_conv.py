@@ -1,11 +1,11 @@
-"""models.layers.same_conv2d / SameConv2D against TensorFlow's own convolution: values and both gradients."""
+"""models.layers.same_conv2d / SameConv2D (and pointwise_conv2d's dtypes) against TensorFlow's own convolution: values and both gradients."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models import layers
-from models.layers import SameConv2D, same_conv2d
+from models.layers import SameConv2D, pointwise_conv2d, same_conv2d
 
 
 def _reference(x, kernel, bias):
@@ -67,12 +67,13 @@ def test_layer_matches_conv2d_on_the_same_weights_and_round_trips():
     assert isinstance(clone, SameConv2D) and clone.get_config() == ours.get_config()
 
 
-def test_float16_inputs_keep_float16():
+@pytest.mark.parametrize("conv, kernel_shape", [(same_conv2d, [3, 3, 3, 2]), (pointwise_conv2d, [1, 1, 3, 2])])
+def test_float16_inputs_keep_float16(conv, kernel_shape):
     x = tf.random.normal([1, 6, 6, 3], dtype=tf.float16)
-    kernel = tf.random.normal([3, 3, 3, 2], dtype=tf.float16)
+    kernel = tf.random.normal(kernel_shape, dtype=tf.float16)
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
-        y = same_conv2d(x, kernel)
+        y = conv(x, kernel)
     dx, dkernel = tape.gradient(y, [x, kernel])
     assert y.dtype == dx.dtype == dkernel.dtype == tf.float16
 
