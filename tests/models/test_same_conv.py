@@ -1,4 +1,5 @@
-"""models.layers.same_conv2d / SameConv2D (and pointwise_conv2d's dtypes) against TensorFlow's own convolution: values and both gradients."""
+"""models.layers.same_conv2d / SameConv2D against TensorFlow's own convolution (values and both gradients);
+pointwise_conv2d's dtypes."""
 import keras
 import numpy as np
 import pytest
