@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN CPU kernels on (TensorFlow enables them only on some CPUs): 1.5x faster PSPNet training
-# steps here, see BENCHMARKS.md. TF_ENABLE_ONEDNN_OPTS=0 in the environment turns them off.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+from data.cli_checks import set_tensorflow_environment  # imports no TensorFlow
+
+# Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
+set_tensorflow_environment()
 
 AREAS = ("losses", "pipeline", "coco_input", "coco_pipeline", "pspnet", "mask_rcnn", "detector", "memory")
 

@@ -11,7 +11,9 @@ import sys
 
 _VARIANT = r"""
 import os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3"); os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from data.cli_checks import set_tensorflow_environment
+set_tensorflow_environment()  # the CLIs' oneDNN choice
 import keras, numpy as np
 import models.resnet
 variant = sys.argv[1]

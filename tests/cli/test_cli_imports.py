@@ -1,6 +1,9 @@
-"""The layout rule DESIGN.md states: the CLIs import the packages, never the other way, and no CLI imports another."""
+"""The layout rule DESIGN.md states: the CLIs import the packages, never the other way, and no CLI imports another.
+Also: importing a CLI sets TensorFlow's environment before TensorFlow is imported."""
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +48,32 @@ def test_no_package_imports_a_cli():
 def test_no_cli_imports_another(cli):
     others = set(_imported_modules(os.path.join(REPO, f"{cli}.py"))) & (set(CLIS) - {cli})
     assert not others, f"{cli}.py imports {sorted(others)}"
+
+
+def _onednn_after_importing(module):
+    """(TensorFlow's oneDNN on?, CPU has AVX-512?) in a fresh process that imports `module`, then TensorFlow,
+    as a user starts a CLI (TF_ENABLE_ONEDNN_OPTS unset). `module` must not import TensorFlow itself."""
+    probe = (f"import sys, {module}\n"
+             "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported before its environment was set'\n"
+             "from data.cli_checks import _cpu_flags\n"
+             "from tensorflow.python.util import _pywrap_util_port\n"
+             "print(_pywrap_util_port.IsMklEnabled(), 'avx512f' in _cpu_flags())\n")
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    onednn, avx512 = done.stdout.split()[-2:]
+    return onednn == "True", avx512 == "True"
+
+
+@pytest.fixture(scope="module")
+def tensorflow_default_onednn():
+    """Whether TensorFlow turns oneDNN on by itself on this CPU (a process importing no CLI)."""
+    return _onednn_after_importing("os")[0]
+
+
+@pytest.mark.parametrize("module", CLIS + ("benchmarks.__main__",))
+def test_a_cli_chooses_onednn_by_the_cpu_before_tensorflow_loads(module, tensorflow_default_onednn):
+    # oneDNN on where the CPU has AVX-512; elsewhere TensorFlow's own default (off on AVX2-only CPUs, where it
+    # measured slower and larger: BENCHMARKS.md section 3).
+    onednn, avx512 = _onednn_after_importing(module)
+    assert onednn == (True if avx512 else tensorflow_default_onednn)

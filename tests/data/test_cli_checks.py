@@ -65,3 +65,31 @@ def test_user_errors_become_one_line_exits_and_programming_errors_do_not():
     with pytest.raises(UsageError):  # --debug: the exception itself
         with cli_checks.user_errors(debug=True):
             raise UsageError("--crop must be positive, got 0")
+
+
+@pytest.mark.parametrize("cpu_flags, preset, expected", [
+    ({"avx2", "avx512f", "avx512_vnni"}, None, "1"),
+    ({"avx2", "avx512f"}, None, "1"),  # AVX-512 without VNNI: TensorFlow leaves it off, we turn it on
+    ({"avx2", "fma"}, None, None),  # AVX2 only: TensorFlow's own default (off)
+    (set(), None, None),  # flags unknown (no /proc/cpuinfo): TensorFlow's own default
+    ({"avx2", "avx512f"}, "0", "0"),  # the user's setting wins either way
+    ({"avx2"}, "1", "1"),
+])
+def test_onednn_default_follows_the_cpu_and_yields_to_the_user(cpu_flags, preset, expected):
+    environ = {} if preset is None else {"TF_ENABLE_ONEDNN_OPTS": preset}
+    cli_checks.set_tensorflow_environment(environ, cpu_flags)
+    assert environ.get("TF_ENABLE_ONEDNN_OPTS") == expected
+    assert environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_tensorflow_environment_keeps_the_users_log_level():
+    environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    cli_checks.set_tensorflow_environment(environ, set())
+    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="CPU flags are read from Linux's /proc/cpuinfo")
+def test_cpu_flags_are_this_machines():
+    with open("/proc/cpuinfo") as cpuinfo:
+        first_flags = next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split()
+    assert cli_checks._cpu_flags() == set(first_flags) and first_flags
