@@ -76,4 +76,4 @@ def test_a_cli_chooses_onednn_by_the_cpu_before_tensorflow_loads(module, tensorf
     # oneDNN on where the CPU has AVX-512; elsewhere TensorFlow's own default (off on AVX2-only CPUs, where it
     # measured slower and larger: BENCHMARKS.md section 3).
     onednn, avx512 = _onednn_after_importing(module)
-    assert onednn == (True if avx512 else tensorflow_default_onednn)
+    assert onednn == (avx512 or tensorflow_default_onednn)
