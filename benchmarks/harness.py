@@ -159,15 +159,12 @@ def conv_flops(model, executed=False):
 
 
 def machine_description():
+    """CPU model, core count and whether it has AVX-512 (which decides the CLIs' oneDNN default)."""
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from data.cli_checks import cpu_feature_flags, cpuinfo_field
+
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
+    flags = cpu_feature_flags()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else None
+    return f"{cpu}, {os.cpu_count()} cores" + (f", {vector}" if vector else "")

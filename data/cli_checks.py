@@ -37,21 +37,28 @@ def set_tensorflow_environment(environ=os.environ, cpu_flags=None):
     """
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if cpu_flags is None:
-        cpu_flags = _cpu_flags()
+        cpu_flags = cpu_feature_flags()
     if "avx512f" in cpu_flags:
         environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
-def _cpu_flags():
+def cpu_feature_flags():
     """The feature flags of the first CPU in /proc/cpuinfo (Linux), or an empty set."""
+    return set((cpuinfo_field("flags") or "").split())
+
+
+def cpuinfo_field(name):
+    """The value of `name` ("model name", "flags") for the first CPU in /proc/cpuinfo, or None (not Linux,
+    or no such field, as "flags" on ARM)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None
 
 
 class UsageError(ValueError):

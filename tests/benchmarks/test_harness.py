@@ -1,7 +1,12 @@
-"""benchmarks.harness.conv_flops: FLOP counts written out by hand for a small model."""
-import keras
+"""benchmarks.harness: conv_flops's FLOP counts written out by hand for a small model; the machine's description."""
+import os
+import platform
 
-from benchmarks.harness import conv_flops
+import keras
+import pytest
+
+from benchmarks.harness import conv_flops, machine_description
+from data.cli_checks import cpu_feature_flags
 from models.layers import PyramidConv2D
 
 
@@ -19,3 +24,11 @@ def test_conv_flops_counts_nominal_and_executed_pyramid_conv():
     executed = 2 * 10 * 12 * 9 * 8 * 5 + 2 * (9 * 2 * 2 * 4 * 5 + 9 * 10 * 2 * 2 * 5 + 3 * 10 * 12 * 2 * 5)
     assert conv_flops(model) == conv + nominal + dense
     assert conv_flops(model, executed=True) == conv + executed + dense
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
+                    reason="the CPU's model and flags are read from /proc/cpuinfo, which x86-64 Linux writes")
+def test_machine_description_says_whether_the_cpu_has_avx512():
+    flags = cpu_feature_flags()
+    expected = ", AVX-512" if "avx512f" in flags else ", AVX2, no AVX-512" if "avx2" in flags else ""
+    assert machine_description().endswith(f"{os.cpu_count()} cores{expected}"), machine_description()

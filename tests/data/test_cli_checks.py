@@ -91,7 +91,7 @@ def test_tensorflow_environment_keeps_the_users_log_level():
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
                     reason="the flags are read from /proc/cpuinfo's 'flags' lines, which x86-64 Linux writes")
-def test_cpu_flags_are_read_from_this_machine():
-    flags = cli_checks._cpu_flags()
-    assert {"fpu", "sse2"} <= flags  # every x86-64 CPU has them
-    assert all(flag == flag.strip() and flag for flag in flags)
+def test_cpu_flags_and_fields_are_read_from_this_machine():
+    assert {"fpu", "sse2"} <= cli_checks.cpu_feature_flags()  # every x86-64 CPU has them
+    assert cli_checks.cpuinfo_field("model name")  # x86-64 Linux names the model
+    assert cli_checks.cpuinfo_field("no such field") is None
