@@ -12,7 +12,7 @@ image) and NAME_labelIds.png (single-channel Cityscapes labelIds)
 (models.pspnet.prediction.predict_files). Mask R-CNN:
 NAME_overlay.png (each instance's mask in its own colour, its box, class name
 and score) and, for all images, detections.json in the COCO results format
-(models.mask_rcnn.run_detector.predict_files). A bad image stops the run with
+(models.mask_rcnn.prediction.predict_files). A bad image stops the run with
 one line naming it; --skip-bad skips it with a warning. This file parses the
 flags and dispatches.
 """
@@ -77,8 +77,8 @@ def main(argv=None):
         check_args(args)
         paths = images.find_images(args.inputs)  # before the checkpoint: a wrong path is found in seconds
         if args.model == "mask_rcnn":
-            from models.mask_rcnn.detector_io import inference_sizes, load_detector
-            from models.mask_rcnn.run_detector import predict_files
+            from models.mask_rcnn.loading import inference_sizes, load_detector
+            from models.mask_rcnn.prediction import predict_files
 
             detector = load_detector(args.checkpoint)
             sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)

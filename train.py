@@ -12,7 +12,7 @@ layout). An interrupted run continues with --resume (the demo resumes by itself)
 
 Each model family owns its recipe (config, presets, run function):
 models/pspnet/recipe.py and models/mask_rcnn/recipe.py; the flags are built
-from the family's config dataclass by models/recipes.py.
+from the family's config dataclass by models/training/recipe.py.
 """
 import argparse
 import dataclasses
@@ -35,7 +35,7 @@ def family_recipe(model):
 
 
 def main(argv=None):
-    from models.recipes import parse_config
+    from models.training.recipe import parse_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")

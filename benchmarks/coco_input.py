@@ -1,8 +1,8 @@
 """COCO input at scale: conversion throughput, time to the first batch, reader memory.
 
-COCO-sized annotation files (data.synthetic_coco.write_coco_annotations_at_scale:
+COCO-sized annotation files (data.samples.coco.write_coco_annotations_at_scale:
 10k and 118k images, ~7.3 instances each, as train2017's 118k / 860k; tiny 64x80 images) are
-converted once (data.coco_convert, one worker per core), then a fresh process opens the split as
+converted once (data.coco.convert, one worker per core), then a fresh process opens the split as
 train.py does (data.coco.read_coco) and times the first batch (TensorFlow's import left out) and
 reads on to its peak memory (VmHWM). At 10k the in-memory route (read_coco(in_memory=True)) is
 measured the same way for comparison.
@@ -48,8 +48,8 @@ def _probe(data_dir, *, in_memory, batches, short_side):
 
 def _annotation_side(root, quick):
     from data import coco
-    from data.coco_convert import convert
-    from data.synthetic_coco import write_coco_annotations_at_scale
+    from data.coco.convert import convert
+    from data.samples.coco import write_coco_annotations_at_scale
 
     results = []
     sizes = (200,) if quick else (10_000, 118_000)

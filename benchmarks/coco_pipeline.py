@@ -18,9 +18,9 @@ def run(quick=False):
     import tensorflow as tf
 
     from data import coco
-    from data.coco_convert import convert
-    from data.coco_records import open_records, read_records
-    from data.synthetic_coco import write_coco_sample
+    from data.coco.convert import convert
+    from data.coco.records import open_records, read_records
+    from data.samples.coco import write_coco_sample
     from models.mask_rcnn.transform import detector_inputs
 
     # A pass is 4 epochs of the 256 listed images, each pass a fresh iterator: a pass of 240 images also

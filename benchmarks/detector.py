@@ -45,7 +45,7 @@ _CONVERTED = {}  # quick -> (torchvision .pth or None, .keras path), made once p
 def photo(quick):
     """grace_hopper.jpg (600 x 512) resized to the benchmark's size: [H, W, 3] uint8 RGB.
 
-    Read here rather than with tests.models.torchvision_maskrcnn.grace_hopper,
+    Read here rather than with tests.models.mask_rcnn.torchvision_maskrcnn.grace_hopper,
     which imports torch: our memory probe must not carry torch's runtime.
     """
     import matplotlib.cbook
@@ -72,7 +72,7 @@ def converted_models(quick):
             except ImportError as error:
                 raise SystemExit(f"the detector benchmark compares with torchvision: pip install -e '.[test]' "
                                  f"({error})")
-            from models import convert
+            from models.convert import command as convert
 
             torch_path = os.path.join(folder, "maskrcnn.pth")
             torchvision_detector.save_randomised(photo(quick), torch_path)
@@ -183,7 +183,7 @@ def training_batch(image, truth, max_instances=100):
 def training_step_ours(keras_path):
     """ours: a function running one DetectorTrainer(stage="all").train_on_batch on the photo's batch
     (torchvision's defaults: set_stage's 3 trainable stages and frozen BatchNorm, 2000 / 512)."""
-    from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
+    from models.mask_rcnn.trainer import DetectorTrainer, set_stage
     from models.training import SegmentationSGD
 
     detector = load_ours(keras_path)

@@ -1,6 +1,6 @@
 """Input pipeline: reading + PNG decoding alone vs the whole PSPNet training pipeline on Cityscapes-size images.
 
-The images are a synthetic sample in the official layout (data.synthetic_cityscapes),
+The images are a synthetic sample in the official layout (data.samples.cityscapes),
 written to a temporary folder; the figures come from benchmark_pipeline, which times
 the two pipelines alternately over the same files.
 """
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from benchmarks.harness import Result, median_pass_seconds
 from data.cityscapes import find_examples, read_folder, train_pipeline
-from data.synthetic_cityscapes import write_cityscapes_sample
+from data.samples.cityscapes import write_cityscapes_sample
 
 
 def run(quick=False):

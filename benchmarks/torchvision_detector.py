@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from tests.models.torchvision_maskrcnn import randomised_maskrcnn
+from tests.models.mask_rcnn.torchvision_maskrcnn import randomised_maskrcnn
 
 
 def save_randomised(image, path):
     """Writes the state dict of a randomised maskrcnn_resnet50_fpn (min 800, max 1333) calibrated on `image`
-    ([h, w, 3] uint8; tests/models/torchvision_maskrcnn.py says how: about 100 detections on the photo)."""
+    ([h, w, 3] uint8; tests/models/mask_rcnn/torchvision_maskrcnn.py says how: about 100 detections on the photo)."""
     torch.save(randomised_maskrcnn(image).state_dict(), path)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 
+from data.errors import UsageError, UserError  # noqa: F401  (the CLIs' error family)
 from data.images import BadImageError
 
 
@@ -61,10 +62,6 @@ def cpuinfo_field(name):
     return None
 
 
-class UsageError(ValueError):
-    """A flag's value a user must change; str() is one line naming the flag."""
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line parse errors ("prog: error: ...", exit 2) instead of usage + error.
 
@@ -100,8 +97,8 @@ def _user_errors():
     (they cannot have been raised before), so a flag error does not import Keras just to be reported.
     """
     extra = ()
-    for module, name in (("models.checkpoints", "CheckpointError"), ("data.coco_json", "CocoInputError"),
-                         ("data.coco_convert", "RecordsMismatch"), ("models.torch_weights", "CheckpointMismatch")):
+    for module, name in (("models.checkpoints", "CheckpointError"), ("data.coco.annotations", "CocoInputError"),
+                         ("data.coco.convert", "RecordsMismatch"), ("models.convert.torch_reader", "CheckpointMismatch")):
         if module in sys.modules:
             extra += (getattr(sys.modules[module], name),)
     return (UsageError, BadImageError, FileNotFoundError) + extra

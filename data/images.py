@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from data.errors import UserError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every complete PNG
 JPEG_START = b"\xff\xd8\xff"
@@ -56,7 +58,7 @@ pixels as stored (before any EXIF rotation), channels as stored (1 grey, 2 grey+
 bit_depth per channel (8 or 16; 8 for formats other than PNG)."""
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """A user's image file that cannot be used; str() is one line naming the file."""
 
 

@@ -1,81 +1,25 @@
-"""Loading .keras files safely, and telling a PSPNet checkpoint from a Mask R-CNN one.
+"""Loading the project's .keras files, and telling a PSPNet checkpoint from a Mask R-CNN one.
 
-A .keras file is a zip of config.json (the model's layers) and the weights. Loading it
-builds the layers the config names, so a file from elsewhere could run code: a `Lambda`
-layer carries Python bytecode, and a class name resolves to whatever code is registered
-under it. `load_keras_file` therefore
-  - refuses any file whose config holds a Lambda layer (or a serialized Python function),
-    before Keras sees it, whatever Keras's own safe-mode setting is;
-  - loads with safe_mode=True, so only classes Keras and this project register are built,
-    and refuses a file that names any other class;
-and turns every refusal or failure into a CheckpointError whose str() is one line naming
-the file (the CLIs print it without a traceback).
+load_keras_file registers every class the project's files name, then reads the file
+with models.keras_files.read_keras_file (safe_mode=True, Lambda layers refused, one-line
+CheckpointError naming the file). model_kind / check_kind tell the two families apart, so
+a checkpoint of the other family is refused naming the --model to pass.
 """
-import json
-import os
-import re
-import zipfile
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file a user gave that cannot be used; str() is one line naming the file."""
-
-
-# What Keras writes for a Lambda layer and for a Python function serialized by value.
-_CODE_CLASS_NAMES = ("Lambda", "__lambda__")
-
-
-def _holds_code(config):
-    """True when a (nested) Keras config names a Lambda layer or a serialized Python function."""
-    if isinstance(config, dict):
-        if config.get("class_name") in _CODE_CLASS_NAMES:
-            return True
-        return any(_holds_code(value) for value in config.values())
-    if isinstance(config, list):
-        return any(_holds_code(value) for value in config)
-    return False
+from models.keras_files import CheckpointError, read_keras_file  # noqa: F401  (raised by load_keras_file)
 
 
 def load_keras_file(path, *, flag="--checkpoint", compile=False):
-    """A .keras file -> the Keras model in it, built only from known classes (safe_mode=True).
+    """A .keras file of this project (any model family, a run's checkpoint too) -> the Keras model in it.
 
-    flag: how the user gave the path, for the message ("--checkpoint", "--weights", ...).
-    compile: also restore the optimizer and losses (train.py's resume does; inference not).
-    Raises CheckpointError (one line naming the file) for a missing file, a file that is not
-    a .keras zip, a Lambda layer or serialized function, a class this project does not
-    define, and any other failure to load.
+    Registers every class the project's files name, then reads the file safely
+    (models.keras_files.read_keras_file: safe_mode=True, Lambda layers refused);
+    raises CheckpointError, one line naming the file.
     """
-    import keras
-
+    import losses  # noqa: F401  (registers the losses a compiled checkpoint names)
     import models  # noqa: F401  (registers the layers and models the project's checkpoints name)
+    from models.mask_rcnn.trainer import DetectorTrainer  # noqa: F401  (a training run's checkpoint)
 
-    where = f"{flag} {path}" if flag else str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{where}: no such file (a .keras file written by train.py or models.convert)")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{where}: not a .keras file (those are zip archives written by model.save; "
-                              "a SavedModel or .h5 file needs converting first)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{where}: damaged .keras file (no readable config.json: {error})") from None
-    if _holds_code(config):
-        raise CheckpointError(f"{where}: refused: it holds a Lambda layer (Python code that would run on "
-                              "loading); rebuild the model from registered layers, without Lambda")
-    try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except Exception as error:  # Keras raises TypeError/ValueError/... with multi-line texts: one line instead
-        text = str(error)
-        unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
-        if unknown:
-            raise CheckpointError(f"{where}: refused: it names {unknown.group(1)!r}, a class this project does not "
-                                  "define (custom code is not loaded); use a checkpoint written by this "
-                                  "project") from None
-        if "Lambda" in text or "arbitrary code" in text:
-            raise CheckpointError(f"{where}: refused: it holds Python code that would run on loading") from None
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        raise CheckpointError(f"{where}: cannot load it as a Keras model ({type(error).__name__}: {first})") from None
+    return read_keras_file(path, flag=flag, compile=compile)
 
 
 PSPNET, MASK_RCNN = "pspnet", "mask_rcnn"
@@ -87,11 +31,11 @@ def model_kind(model):
 
     A PSPNet (models.build_pspnet, the converters) has a layer named "logits" giving
     [B, H, W, C] scores; the Mask R-CNN models take RoIs (an input named "rois") or are
-    one of its trainers (MaskHeadTrainer, DetectorTrainer) or are named mask_rcnn*.
+    its trainer (DetectorTrainer) or are named mask_rcnn*.
     """
-    from models.mask_rcnn import DetectorTrainer, MaskHeadTrainer
+    from models.mask_rcnn.trainer import DetectorTrainer
 
-    if isinstance(model, (MaskHeadTrainer, DetectorTrainer)) or model.name.startswith("mask_rcnn"):
+    if isinstance(model, DetectorTrainer) or model.name.startswith("mask_rcnn"):
         return MASK_RCNN
     layer_names = {layer.name for layer in getattr(model, "layers", [])}
     input_names = {getattr(t, "name", "").split(":")[0] for t in getattr(model, "inputs", None) or []}

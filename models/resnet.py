@@ -29,6 +29,7 @@ weights, the stride-8 C5 taken at every 4th pixel equals the stride-32 C5
 """
 import keras
 
+from data.normalization import INPUT_MEAN, INPUT_STD
 from models.layers import FusedBatchNormalization, PaddedConv2D
 
 # Keras Applications' value, so its ImageNet BN statistics transfer unchanged
@@ -37,11 +38,6 @@ BN_EPSILON = 1.001e-5
 # Keras momentum 0.9 == PyTorch momentum 0.1, the value the PSPNet reference trains with.
 BN_MOMENTUM = 0.9
 
-# The input normalisation every model here expects, and every pipeline in data/ applies:
-# (RGB in 0..255 - INPUT_MEAN) / INPUT_STD, the ImageNet statistics (zero is the mean colour,
-# so zero padding pads with the mean).
-INPUT_MEAN = (123.675, 116.28, 103.53)
-INPUT_STD = (58.395, 57.12, 57.375)
 # What Keras Applications ResNet weights expect instead ("caffe" mode): BGR minus this mean, unscaled.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -232,9 +228,9 @@ def _keras_applications_resnet(depth, weights):
         return constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
     weights = str(weights)
     if weights.endswith(".keras"):
-        from models.checkpoints import load_keras_file  # safe_mode=True, one-line refusals
+        from models.keras_files import read_keras_file  # safe_mode=True, one-line refusals
 
-        return load_keras_file(weights, flag="backbone weights")
+        return read_keras_file(weights, flag="backbone weights")
     # A weights file fits only the topology it was saved from: try both heads.
     errors = []
     for include_top in (False, True):

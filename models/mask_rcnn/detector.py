@@ -15,8 +15,8 @@ import keras
 from models.fpn import build_resnet_fpn
 from models.mask_rcnn.anchors import ANCHOR_SIZES, ASPECT_RATIOS, Anchors
 from models.mask_rcnn.detections import CategoryIds, Detections
-from models.mask_rcnn.heads import MaskHead
-from models.mask_rcnn.inference import PickMaskChannel
+from models.mask_rcnn.roi_heads import MaskHead
+from models.mask_rcnn.roi_heads import PickMaskChannel
 from models.mask_rcnn.roi_heads import BoxHead
 from models.mask_rcnn.rpn import Proposals, RPNHead
 from models.roi_align import MultiLevelRoIAlign
@@ -70,7 +70,7 @@ def build_mask_rcnn(num_classes, *, backbone="resnet50", variant="v1", category_
         (torchvision's 256, 64, 256, 1024; narrower in tests and the CPU demo:
         the 256-channel mask head costs about 0.9 GFLOPs per RoI).
 
-    Inputs: {"images": [B, H, W, 3] float32, normalised (models.resnet.INPUT_MEAN
+    Inputs: {"images": [B, H, W, 3] float32, normalised (data.normalization.INPUT_MEAN
              / INPUT_STD on 0..255 RGB) and zero-padded (transform.preprocess),
              "image_sizes": [B, 2] int32, each image's (height, width) before padding}.
     Outputs (D = max_detections, valid detections first, zero padding after):

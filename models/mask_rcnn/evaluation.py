@@ -3,9 +3,9 @@
     metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/")               # from raw images
     metrics = evaluate_on_coco("heads.keras", "/data/coco", "eval/", boxes="gt")           # oracle boxes
 
-The detections come from models/mask_rcnn/run_detector.py (detect_dataset), the
+The detections come from models/mask_rcnn/prediction.py (detect_dataset), the
 oracle masks from models/mask_rcnn/inference.py (predict_oracle_masks), the
-results files and COCOeval from data/coco_results.py.
+results files and COCOeval from data/coco/results.py.
 """
 import json
 import os
@@ -45,10 +45,11 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     CheckpointError, one line naming the file and the evaluate.py flag.
     """
     from data import coco
-    from data.coco_results import bbox_results, evaluate_results
+    from data.coco.results import bbox_results, evaluate_results
     from models.mask_rcnn import predict_oracle_masks
-    from models.mask_rcnn.detector_io import inference_sizes, is_detector, oracle_heads_model
-    from models.mask_rcnn.run_detector import ModelCategories, detect_dataset
+    from models.mask_rcnn.loading import inference_sizes, is_detector
+    from models.mask_rcnn.oracle import oracle_heads_model
+    from models.mask_rcnn.prediction import ModelCategories, detect_dataset
 
     model, detector = _load_checkpoint(checkpoint)
     if boxes == "detector" and not is_detector(detector):

@@ -11,7 +11,7 @@ with --resume.
 import dataclasses
 import os
 
-from models.recipes import (
+from models.training.recipe import (
     RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, start_run,
 )
 
@@ -74,7 +74,7 @@ CONFIG = DetectorConfig  # what train.py builds the flags from
 
 def check_config(config):
     """A setting no run can use: data.cli_checks.UsageError (or SystemExit), one line naming the flag."""
-    from models.mask_rcnn.detector_trainer import MASK_ROIS, STAGES
+    from models.mask_rcnn.trainer import MASK_ROIS, STAGES
 
     check_choice(config, "stage", STAGES)
     check_choice(config, "mask_rois", MASK_ROIS)
@@ -110,9 +110,9 @@ def read_coco_split(config, split):
 def build_trainer(config, categories):
     """A compiled DetectorTrainer for a new run: the detector (with --init-from's weights), staged, its optimizer."""
     from models.mask_rcnn.detector import build_mask_rcnn
-    from models.mask_rcnn.detector_io import init_from
-    from models.mask_rcnn.detector_trainer import DetectorTrainer, set_stage
-    from models.training import SegmentationSGD, WarmupStepDecay
+    from models.mask_rcnn.loading import init_from
+    from models.mask_rcnn.trainer import DetectorTrainer, set_stage
+    from models.training.optimizer import SegmentationSGD, WarmupStepDecay
 
     detector = build_mask_rcnn(categories.num_classes, category_ids=categories.coco_ids,
                               category_names=categories.names, backbone=config.backbone, variant=config.variant,
@@ -147,9 +147,9 @@ def train_detector(config, strategy=None):
     """
     import losses  # noqa: F401  (registers what a resumed checkpoint names)
     from data import coco
-    from models.run_state import load_run_model
-    from models.mask_rcnn.detector_trainer import METRIC_NAMES
-    from models.training import fit_from_step, standard_callbacks
+    from models.training.run_state import load_run_model
+    from models.mask_rcnn.trainer import METRIC_NAMES
+    from models.training.callbacks import fit_from_step, standard_callbacks
 
     check_config(config)
     strategy, state = start_run(config, strategy)
@@ -184,14 +184,14 @@ def train_detector(config, strategy=None):
 
 
 def train_multiworker(config, strategy, state):
-    """train_detector under MultiWorkerMirroredStrategy: models/custom_loop.py with the detector's step.
+    """train_detector under MultiWorkerMirroredStrategy: models/training/custom_loop.py with the detector's step.
 
     Each worker reads its own share of the train records (input_context); no per-epoch validation
     (evaluate.py scores the checkpoints).
     """
     from data import coco
-    from models.custom_loop import train_with_strategy_run
-    from models.mask_rcnn.detector_trainer import METRIC_NAMES
+    from models.training.custom_loop import train_with_strategy_run
+    from models.mask_rcnn.trainer import METRIC_NAMES
 
     train_split = read_coco_split(config, "train")
     print(f"COCO train: {train_split.summary()}")

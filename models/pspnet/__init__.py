@@ -1,5 +1,5 @@
 """PSPNet: the model (layout variants), its inference (whole / sliding / flip / multi-scale), converters
-(models/pspnet/convert_torch.py) and fine-tuning from a saved model; evaluation.py (Cityscapes scores, what
+(models/convert/semseg_mmseg.py) and fine-tuning from a saved model; evaluation.py (Cityscapes scores, what
 evaluate.py runs) and prediction.py (a user's images, what predict.py runs)."""
 from models.pspnet.fine_tuning import build_from, init_from
 from models.pspnet.model import LAYOUTS, PSPNet, build_pspnet, head_layer_names, inference_model

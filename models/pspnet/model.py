@@ -31,7 +31,7 @@ The PyTorch layouts use PyTorch's BatchNorm epsilon, 1e-5.
 
 The classifiers and resizes run in float32, so logits are float32 under any
 mixed-precision policy. Images come normalised by the data pipeline as
-(RGB - models.resnet.INPUT_MEAN) / INPUT_STD (semseg and mmsegmentation
+(RGB - data.normalization.INPUT_MEAN) / INPUT_STD (semseg and mmsegmentation
 normalise the same way); ImageNet backbone weights are converted to that
 convention when loaded (models.resnet.load_imagenet_weights).
 

@@ -12,10 +12,10 @@ import os
 
 def predict_image(model, rgb, *, mode="whole", crop_size=713, flip=False, scales=(1.0,)):
     """uint8 [H, W, 3] RGB -> trainId map [H, W] int32 (mode, crop_size, flip, scales: as predict_logits)."""
-    from data import cityscapes
+    from data.normalization import normalize
     from models.pspnet.inference import predict_classes, predict_logits
 
-    images = cityscapes.normalize_image(rgb[None])
+    images = normalize(rgb[None])
     probabilities = predict_logits(model, images, mode=mode, crop_size=crop_size, flip=flip, scales=scales)
     return predict_classes(probabilities).numpy()[0]
 

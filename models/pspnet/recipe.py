@@ -1,5 +1,5 @@
 """The PSPNet training recipe: its configuration and presets, its data, the
-compiled model and the run (Keras fit; models/custom_loop.py under
+compiled model and the run (Keras fit; models/training/custom_loop.py under
 MultiWorkerMirroredStrategy), and the built-in demo.
 
     config = dataclasses.replace(PRESETS["pspnet50_cityscapes_713"], data="/data/cityscapes", out="runs/psp50")
@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 import losses
-from models.recipes import (
+from models.training.recipe import (
     RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, start_run,
 )
 
@@ -196,7 +196,7 @@ def steps_plan(config, num_train_images):
 def build_compiled_pspnet(config, total_steps, sync_bn):
     """PSPNet with the recipe's optimizer, losses (main + aux_weight * aux) and val mIoU, compiled."""
     from models.pspnet.model import build_pspnet, head_layer_names
-    from models.training import SegmentationSGD, poly_schedule
+    from models.training.optimizer import SegmentationSGD, poly_schedule
 
     if config.init_from:
         from models.checkpoints import CheckpointError
@@ -236,8 +236,8 @@ def train_pspnet(config, strategy=None):
     non-finite loss or a failed save (the last good checkpoint stays as it
     was), and after a stop signal (once saved).
     """
-    from models.run_state import load_run_model
-    from models.training import fit_from_step, standard_callbacks
+    from models.training.run_state import load_run_model
+    from models.training.callbacks import fit_from_step, standard_callbacks
 
     check_config(config)
     strategy, state = start_run(config, strategy)
@@ -276,8 +276,8 @@ def train_pspnet(config, strategy=None):
 
 
 def train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_steps):
-    """train_pspnet under MultiWorkerMirroredStrategy: models/custom_loop.py with PSPNet's step."""
-    from models.custom_loop import train_with_strategy_run
+    """train_pspnet under MultiWorkerMirroredStrategy: models/training/custom_loop.py with PSPNet's step."""
+    from models.training.custom_loop import train_with_strategy_run
 
     def make_replica_step(model):
         loss_main, loss_aux = model.loss["main"], model.loss["aux"]

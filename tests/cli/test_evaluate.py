@@ -11,6 +11,7 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as offic
 from cityscapesscripts.helpers.labels import labels as official_labels
 
 import evaluate
+from data.normalization import INPUT_MEAN, INPUT_STD
 from cityscapes_fixtures import official_train_ids, write_split
 from data import cityscapes
 from models.pspnet.evaluation import SegmentationScores, evaluate_pspnet
@@ -68,7 +69,7 @@ class NoisyOracle:
     """
 
     def __call__(self, images):
-        raw = images[..., 0] * cityscapes.IMAGE_STD[0] + cityscapes.IMAGE_MEAN[0]
+        raw = images[..., 0] * INPUT_STD[0] + INPUT_MEAN[0]
         train_ids = tf.clip_by_value(tf.cast(tf.round(raw / 10.0), tf.int32), 0, C - 1)
         return tf.one_hot(train_ids, C) * 5.0
 

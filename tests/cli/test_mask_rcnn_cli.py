@@ -17,9 +17,9 @@ from pycocotools.cocoeval import COCOeval
 import evaluate
 import predict
 import train
-from data.synthetic_coco import write_coco_sample
-from models.mask_rcnn.detector_io import load_detector
-from models.mask_rcnn.detector_trainer import METRIC_NAMES
+from data.samples.coco import write_coco_sample
+from models.mask_rcnn.loading import load_detector
+from models.mask_rcnn.trainer import METRIC_NAMES
 from train_processes import run_train, steps_done, two_worker_envs
 
 TINY = ["--base-width", "8", "--fpn-channels", "16", "--mask-head-channels", "8", "--box-head-units", "32",

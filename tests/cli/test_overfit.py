@@ -5,9 +5,9 @@ import pytest
 from models.pspnet import recipe
 from models.pspnet.evaluation import evaluate_pspnet
 from models.pspnet.inference import load_inference_model
-from models.recipes import parse_config
+from models.training.recipe import parse_config
 from data import cityscapes
-from data.synthetic_cityscapes import write_cityscapes_sample
+from data.samples.cityscapes import write_cityscapes_sample
 
 
 @pytest.mark.slow

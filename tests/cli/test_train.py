@@ -9,7 +9,7 @@ import pytest
 
 import train
 from models.pspnet import recipe
-from models.recipes import parse_config
+from models.training.recipe import parse_config
 from cityscapes_fixtures import official_train_ids, write_split
 from train_processes import kill_when, run_train, steps_done, two_worker_envs
 

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from models.resnet import INPUT_MEAN, INPUT_STD, build_resnet, load_imagenet_weights
+from data.normalization import INPUT_MEAN, INPUT_STD
+from models.resnet import build_resnet, load_imagenet_weights
 
 
 def _randomize_batch_norms(model, rng):

@@ -1,0 +1,29 @@
+"""Published PyTorch checkpoints -> this project's .keras models (python -m models.convert SOURCE IN OUT).
+
+Modules:
+    torch_reader   reading a PyTorch state dict (torch.load(weights_only=True)) into Keras layers, with
+                   missing / unexpected keys reported
+    torchvision    torchvision's Mask R-CNN (v1, v2) and ImageNet ResNet-50
+    semseg_mmseg   hszhao/semseg's and mmsegmentation's Cityscapes PSPNets
+    command        the command line
+torch is needed only to read the checkpoint; the .keras file loads without it.
+"""
+import importlib
+
+# SOURCE -> (module, function). The function takes the checkpoint's path and returns the keras.Model
+# holding its weights, or raises models.convert.torch_reader.CheckpointMismatch. Modules are imported
+# only for the SOURCE asked for (torch is imported by them).
+CONVERTERS = {
+    "semseg-pspnet": ("models.convert.semseg_mmseg", "convert_semseg"),
+    "mmseg-pspnet": ("models.convert.semseg_mmseg", "convert_mmseg"),
+    "torchvision-maskrcnn": ("models.convert.torchvision", "convert_maskrcnn"),
+    "torchvision-maskrcnn-v2": ("models.convert.torchvision", "convert_maskrcnn_v2"),
+    "torchvision-resnet50": ("models.convert.torchvision", "convert_resnet50"),
+}
+
+
+def convert(source, checkpoint):
+    """The keras.Model holding the weights of `checkpoint` (a path), read as SOURCE (a CONVERTERS key) publishes it."""
+    module_name, function_name = CONVERTERS[source]
+    return getattr(importlib.import_module(module_name), function_name)(checkpoint)
+
