@@ -14,16 +14,16 @@ Mask R-CNN: bbox_results.json and segm_results.json in the COCO results format
 import os
 import sys
 
-from data.cli_checks import set_tensorflow_environment  # imports no TensorFlow
+from data.cli import set_tensorflow_environment  # imports no TensorFlow
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()
 
 
 def build_parser():
-    from data import cli_checks
+    from data import cli
 
-    parser = cli_checks.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
     parser.add_argument("--data", required=True, help="dataset root (Cityscapes: holds leftImg8bit/ and gtFine/)")
@@ -41,32 +41,32 @@ def build_parser():
                              "gt = masks for the ground-truth boxes (oracle segm AP)")
     parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted",
                         help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
-    cli_checks.add_resize_flags(parser)
-    cli_checks.add_skip_bad_flag(parser)
-    cli_checks.add_debug_flag(parser)
+    cli.add_resize_flags(parser)
+    cli.add_skip_bad_flag(parser)
+    cli.add_debug_flag(parser)
     return parser
 
 
 def check_args(args):
-    """Checks the parsed flags (raises data.cli_checks.UsageError naming the flag); parses --scales."""
-    from data import cli_checks
+    """Checks the parsed flags (raises data.cli.UsageError naming the flag); parses --scales."""
+    from data import cli
 
-    cli_checks.check_positive("--crop", args.crop)
-    args.scales = cli_checks.parse_scales("--scales", args.scales)
-    cli_checks.check_non_negative("--max-images", args.max_images, " (0 evaluates every image)")
+    cli.check_positive("--crop", args.crop)
+    args.scales = cli.parse_scales("--scales", args.scales)
+    cli.check_non_negative("--max-images", args.max_images, " (0 evaluates every image)")
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
         if value is not None:
-            cli_checks.check_positive(flag, value)
-    cli_checks.check_output_outside("--out", args.out, "--data", args.data)
+            cli.check_positive(flag, value)
+    cli.check_output_outside("--out", args.out, "--data", args.data)
     return args
 
 
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, evaluates; returns the metrics dict."""
-    from data import cli_checks
+    from data import cli
 
     args = build_parser().parse_args(argv)
-    with cli_checks.user_errors(args.debug):
+    with cli.user_errors(args.debug):
         check_args(args)
         if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
             raise SystemExit(f"--out {args.out}: holds an earlier evaluation (metrics.json); "

@@ -19,16 +19,16 @@ flags and dispatches.
 import os
 import sys
 
-from data.cli_checks import set_tensorflow_environment  # imports no TensorFlow
+from data.cli import set_tensorflow_environment  # imports no TensorFlow
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()
 
 
 def build_parser():
-    from data import cli_checks
+    from data import cli
 
-    parser = cli_checks.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py or models.convert")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -41,39 +41,39 @@ def build_parser():
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, in [0, 1]")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="Mask R-CNN: keep detections scoring at least this, in [0, 1]")
-    cli_checks.add_resize_flags(parser)
-    cli_checks.add_skip_bad_flag(parser)
-    cli_checks.add_debug_flag(parser)
+    cli.add_resize_flags(parser)
+    cli.add_skip_bad_flag(parser)
+    cli.add_debug_flag(parser)
     return parser
 
 
 def check_args(args):
-    """Checks the parsed flags (raises data.cli_checks.UsageError naming the flag); parses --scales.
+    """Checks the parsed flags (raises data.cli.UsageError naming the flag); parses --scales.
 
     --out may not lie inside an input folder: the next run over that folder would take the
     masks written there for photos.
     """
-    from data import cli_checks
+    from data import cli
 
-    cli_checks.check_positive("--crop", args.crop)
-    args.scales = cli_checks.parse_scales("--scales", args.scales)
-    cli_checks.check_fraction("--alpha", args.alpha)
-    cli_checks.check_fraction("--score-threshold", args.score_threshold)
+    cli.check_positive("--crop", args.crop)
+    args.scales = cli.parse_scales("--scales", args.scales)
+    cli.check_fraction("--alpha", args.alpha)
+    cli.check_fraction("--score-threshold", args.score_threshold)
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
         if value is not None:
-            cli_checks.check_positive(flag, value)
+            cli.check_positive(flag, value)
     for item in args.inputs:
         if os.path.isdir(item):
-            cli_checks.check_output_outside("--out", args.out, "input folder", item)
+            cli.check_output_outside("--out", args.out, "input folder", item)
     return args
 
 
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, predicts; returns the overlay paths written."""
-    from data import cli_checks, images
+    from data import cli, images
 
     args = build_parser().parse_args(argv)
-    with cli_checks.user_errors(args.debug):
+    with cli.user_errors(args.debug):
         check_args(args)
         paths = images.find_images(args.inputs)  # before the checkpoint: a wrong path is found in seconds
         if args.model == "mask_rcnn":

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import sys
 
-from data.cli_checks import set_tensorflow_environment  # imports no TensorFlow
+from data.cli import set_tensorflow_environment  # imports no TensorFlow
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()
@@ -41,10 +41,10 @@ def main(argv=None):
     pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     known, _ = pre.parse_known_args(argv)
     recipe = family_recipe(known.model)
-    from data import cli_checks
+    from data import cli
 
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    with cli_checks.user_errors(debug):  # a user error: one line, unless --debug asks where it came from
+    with cli.user_errors(debug):  # a user error: one line, unless --debug asks where it came from
         config = parse_config(recipe, argv, description=__doc__.split("\n\n")[0])
         print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
         recipe.run(config)

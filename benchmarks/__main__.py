@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from data.cli_checks import set_tensorflow_environment  # imports no TensorFlow
+from data.cli import set_tensorflow_environment  # imports no TensorFlow
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()

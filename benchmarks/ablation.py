@@ -12,7 +12,7 @@ import sys
 _VARIANT = r"""
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-from data.cli_checks import set_tensorflow_environment
+from data.cli import set_tensorflow_environment
 set_tensorflow_environment()  # the CLIs' oneDNN choice
 import keras, numpy as np
 import models.resnet

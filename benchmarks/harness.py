@@ -162,7 +162,7 @@ def machine_description():
     """CPU model, core count and whether it has AVX-512 (which decides the CLIs' oneDNN default)."""
     import os
 
-    from data.cli_checks import cpu_feature_flags, cpuinfo_field
+    from data.cli import cpu_feature_flags, cpuinfo_field
 
     cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
     flags = cpu_feature_flags()

@@ -98,7 +98,7 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     """
     import os
 
-    from data import cli_checks, images
+    from data import cli, images
     from data.coco import segm_results, write_results
     from data.coco.results import bbox_results
 
@@ -107,12 +107,12 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     json_path = os.path.join(out_dir, "detections.json")
     for target in targets + [json_path]:
         if not overwrite and os.path.exists(target):
-            raise cli_checks.UsageError(f"{target}: exists already; pass --overwrite or another --out")
+            raise cli.UsageError(f"{target}: exists already; pass --overwrite or another --out")
     categories = ModelCategories(detector)
     os.makedirs(out_dir, exist_ok=True)
     results, written, skipped = [], [], 0
     for image_id, (path, target) in enumerate(zip(paths, targets), start=1):
-        rgb = cli_checks.read_image_or_skip(path, skip_bad)
+        rgb = cli.read_image_or_skip(path, skip_bad)
         if rgb is None:
             skipped += 1
             continue
@@ -126,6 +126,6 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
         print(f"{path}: {len(detection['class_ids'])} detection(s) scoring >= {score_threshold}")
     write_results(json_path, results)
     if skipped:
-        cli_checks.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
+        cli.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
     print(f"wrote {len(written)} overlay(s) and {json_path} to {out_dir}")
     return written

@@ -73,7 +73,7 @@ CONFIG = DetectorConfig  # what train.py builds the flags from
 
 
 def check_config(config):
-    """A setting no run can use: data.cli_checks.UsageError (or SystemExit), one line naming the flag."""
+    """A setting no run can use: data.cli.UsageError (or SystemExit), one line naming the flag."""
     from models.mask_rcnn.trainer import MASK_ROIS, STAGES
 
     check_choice(config, "stage", STAGES)

@@ -166,7 +166,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     """
     import tensorflow as tf
 
-    from data import cityscapes, cli_checks
+    from data import cityscapes, cli
     from models.pspnet.inference import load_inference_model
 
     skipped = []
@@ -197,6 +197,6 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     print(format_table(metrics))
     print(f"wrote {out_dir}/metrics.json, predictions and confusion_matrix.png")
     if skipped:
-        cli_checks.warn(f"{len(skipped)} {split} examples with bad files were skipped and not scored "
+        cli.warn(f"{len(skipped)} {split} examples with bad files were skipped and not scored "
                         "(--skip-bad; listed above)")
     return metrics

@@ -29,7 +29,7 @@ def predict_files(model, paths, out_dir, *, mode="whole", crop_size=713, flip=Fa
     the run (SystemExit naming it) unless overwrite. A bad image raises
     data.images.BadImageError, or with skip_bad is skipped with a warning and counted.
     """
-    from data import cityscapes, cli_checks, images
+    from data import cityscapes, cli, images
     from models.pspnet.inference import colorize, overlay
 
     os.makedirs(out_dir, exist_ok=True)
@@ -39,7 +39,7 @@ def predict_files(model, paths, out_dir, *, mode="whole", crop_size=713, flip=Fa
         targets = {kind: os.path.join(out_dir, f"{stem}_{kind}.png") for kind in ("color", "overlay", "labelIds")}
         if not overwrite and any(os.path.exists(t) for t in targets.values()):
             raise SystemExit(f"{targets['color']}: exists already; pass --overwrite or another --out")
-        rgb = cli_checks.read_image_or_skip(path, skip_bad)
+        rgb = cli.read_image_or_skip(path, skip_bad)
         if rgb is None:
             skipped += 1
             continue
@@ -50,6 +50,6 @@ def predict_files(model, paths, out_dir, *, mode="whole", crop_size=713, flip=Fa
         images.write_png(targets["labelIds"], cityscapes.to_label_ids(train_ids))
         written.append(targets["overlay"])
     if skipped:
-        cli_checks.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
+        cli.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
     print(f"wrote masks and overlays of {len(written)} image(s) to {out_dir}")
     return written

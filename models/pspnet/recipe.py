@@ -83,12 +83,12 @@ def check_config(config):
     check_choice(config, "stem", ("deep", "standard"))
     check_choice(config, "output_stride", (8, 16, 32))
     if config.init_from:
-        from data import cli_checks
+        from data import cli
 
         if not os.path.isfile(config.init_from):
-            raise cli_checks.UsageError(f"--init-from {config.init_from}: no such file (a .keras PSPNet)")
+            raise cli.UsageError(f"--init-from {config.init_from}: no such file (a .keras PSPNet)")
         if config.backbone_weights:
-            raise cli_checks.UsageError("--init-from and --backbone-weights: give one (--init-from holds the backbone)")
+            raise cli.UsageError("--init-from and --backbone-weights: give one (--init-from holds the backbone)")
     check_out_outside_data(config)
 
 
@@ -116,9 +116,9 @@ def read_split(config, split, *, shuffle=False, input_context=None):
     dataset = cityscapes.read_folder(config.data, split, shuffle=shuffle, seed=config.seed,
                                      input_context=input_context, skip_bad=config.skip_bad, skipped=skipped)
     if skipped:
-        from data import cli_checks
+        from data import cli
 
-        cli_checks.warn(f"{split}: skipped {len(skipped)} example(s) with an unreadable image or label (--skip-bad)")
+        cli.warn(f"{split}: skipped {len(skipped)} example(s) with an unreadable image or label (--skip-bad)")
     return dataset
 
 

@@ -39,14 +39,14 @@ def _parse_tuple(text, cast, pair):
 
 def build_parser(config_class, presets, description=None):
     """Flags for every field of config_class (default None = keep the preset's value)."""
-    from data import cli_checks
+    from data import cli
 
-    parser = cli_checks.ArgumentParser(description=description,
+    parser = cli.ArgumentParser(description=description,
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     parser.add_argument("--preset", choices=sorted(presets), default=None,
                         help="named recipe (default: the demo when no --data is given)")
-    cli_checks.add_debug_flag(parser)
+    cli.add_debug_flag(parser)
     defaults = config_class()
     for field in dataclasses.fields(config_class):
         if field.name == "preset":
@@ -140,7 +140,7 @@ def start_run(config, strategy=None):
 
 
 # ----------------------------------------------------------------------------
-# Checks of a resolved config (data/cli_checks.py: UsageError, one line naming the flag)
+# Checks of a resolved config (data/cli.py: UsageError, one line naming the flag)
 # ----------------------------------------------------------------------------
 
 def _flag(name):
@@ -149,37 +149,37 @@ def _flag(name):
 
 def check_positive(config, names):
     """Every field in `names` (a number or a tuple of numbers) is > 0."""
-    from data import cli_checks
+    from data import cli
 
     for name in names:
         value = getattr(config, name)
         for v in value if isinstance(value, tuple) else (value,):
-            cli_checks.check_positive(_flag(name), v)
+            cli.check_positive(_flag(name), v)
 
 
 def check_not_negative(config, names):
     """Every field in `names` is >= 0 (0 meaning "off" or "all")."""
-    from data import cli_checks
+    from data import cli
 
     for name in names:
-        cli_checks.check_non_negative(_flag(name), getattr(config, name))
+        cli.check_non_negative(_flag(name), getattr(config, name))
 
 
 def check_choice(config, name, choices):
-    from data import cli_checks
+    from data import cli
 
-    cli_checks.check_choice(_flag(name), getattr(config, name), choices)
+    cli.check_choice(_flag(name), getattr(config, name), choices)
 
 
 def check_out_outside_data(config):
     """The run folder must not lie inside the dataset (a dataset is read, never written)."""
-    from data import cli_checks
+    from data import cli
 
-    cli_checks.check_output_outside("--out", config.out, "--data", config.data)
+    cli.check_output_outside("--out", config.out, "--data", config.data)
 
 
 def check_batch_split(config, replicas):
     """The global batch splits evenly over the replicas."""
-    from data import cli_checks
+    from data import cli
 
-    cli_checks.check_divisible("--batch-size", config.batch_size, replicas, "replicas")
+    cli.check_divisible("--batch-size", config.batch_size, replicas, "replicas")

@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from benchmarks.harness import conv_flops, machine_description
-from data.cli_checks import cpu_feature_flags
+from data.cli import cpu_feature_flags
 from models.layers import PyramidConv2D
 
 

@@ -55,7 +55,7 @@ def _onednn_after_importing(module):
     as a user starts a CLI (TF_ENABLE_ONEDNN_OPTS unset). `module` must not import TensorFlow itself."""
     probe = (f"import sys, {module}\n"
              "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported before its environment was set'\n"
-             "from data.cli_checks import cpu_feature_flags\n"
+             "from data.cli import cpu_feature_flags\n"
              "from tensorflow.python.util import _pywrap_util_port\n"
              "print(_pywrap_util_port.IsMklEnabled(), 'avx512f' in cpu_feature_flags())\n")
     environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}

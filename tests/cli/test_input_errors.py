@@ -17,7 +17,7 @@ from PIL import Image
 import evaluate
 import predict
 from cityscapes_fixtures import write_split
-from data.cli_checks import UsageError
+from data.cli import UsageError
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 # TensorFlow's C++ runtime logs a few lines at start-up on a machine without a GPU, whatever

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from data.cli_checks import UsageError
+from data.cli import UsageError
 
 from models.mask_rcnn import recipe as mask_recipe
 from models.pspnet import recipe as pspnet_recipe

@@ -5,11 +5,11 @@ values with the functions here (each raises UsageError naming the flag), and run
 work inside `user_errors(debug)`, which turns the errors a user can fix (USER_ERRORS) into
 a one-line message on stderr and exit status 1:
 
-    parser = cli_checks.ArgumentParser(description=...)
-    cli_checks.add_debug_flag(parser)
+    parser = cli.ArgumentParser(description=...)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    with cli_checks.user_errors(args.debug):
-        cli_checks.check_positive("--crop", args.crop)
+    with cli.user_errors(args.debug):
+        cli.check_positive("--crop", args.crop)
         ...
 
 A CLI also calls `set_tensorflow_environment()` before it imports TensorFlow (this module imports none).
