@@ -24,7 +24,7 @@ from data.coco import command as coco_command, convert as coco_convert, records 
 from data.samples.coco import write_coco_sample
 
 SIZE = (96, 128)
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture(scope="module")

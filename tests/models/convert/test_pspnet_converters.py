@@ -23,7 +23,7 @@ from models.convert import command as convert
 from models.pspnet import inference_model
 from data.normalization import INPUT_MEAN, INPUT_STD
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _photo(height, width):
