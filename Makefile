@@ -1,4 +1,4 @@
-# The two commands of the README's quick start. Each does its own setup: a
+# The commands of the README's quick start. Each does its own setup: a
 # virtual environment in .venv with the package and its pinned dependencies.
 PYTHON ?= python3
 VENV ?= .venv

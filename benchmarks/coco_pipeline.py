@@ -2,7 +2,7 @@
 
 The train pipeline (data.coco.make_dataset: flip, resize geometry for 800x1333, batch 2) over records of
 480x640 JPEG scenes (COCO's typical size) against reading + parsing + JPEG decoding alone, timed
-alternately as data.cityscapes.benchmark_pipeline does; the figure is CPU time per image, full / decode.
+alternately as benchmarks.pipeline.benchmark_pipeline does; the figure is CPU time per image, full / decode.
 The pipeline hands the model uint8 images at their decoded size; the resize to 800x1066, the
 normalisation and the padding to /32 run in the model's step (models.mask_rcnn.transform.detector_inputs):
 timed here too, on the same batches in a tf.function, as the cost that moved out of tf.data.

@@ -2,8 +2,9 @@
 
 TensorFlow is not imported here, so a memory probe of torchvision alone
 (benchmarks.memory) carries no TensorFlow runtime. In a process that uses
-both, torchvision must be imported before TensorFlow (see COMMON.md):
-benchmarks/__main__.py does so.
+both, torchvision must be imported before TensorFlow (torchvision loads triton,
+which segfaults after TensorFlow with torch 2.14 / TF 2.21): benchmarks/__main__.py
+does so.
 """
 import numpy as np
 import torch

@@ -10,8 +10,9 @@ to be that of the *global* mean, each replica must return
 which needs one all-reduce of the count. Averaging per-replica means instead
 weights replicas equally however many valid elements they hold (what Keras's
 `ignore_class` does), and returning an already reduced scalar from a Keras
-`Loss.call` skips Keras's own 1/num_replicas scaling (TF_KERAS_NOTES): both give
-wrong steps.
+`Loss.call` skips Keras's own 1/num_replicas scaling (Keras reduces what `call`
+returns and scales only per-element losses: with MirroredStrategy on 2 replicas
+one SGD step came out twice as large): both give wrong steps.
 """
 import tensorflow as tf
 

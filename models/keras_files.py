@@ -1,4 +1,4 @@
-"""Reading .keras files safely (no project imports: the lowest module of models/).
+"""Reading .keras files safely (it imports nothing from models/: the lowest module there).
 
 A .keras file is a zip of config.json (the model's layers) and the weights. Loading it
 builds the layers the config names, so a file from elsewhere could run code: a `Lambda`

@@ -242,7 +242,7 @@ def prepare_example(example, *, training, short_side, long_side, flip_seed):
     """
     image = tf.io.decode_image(example["image_bytes"], channels=3, expand_animations=False)
     # The model crops each image to original_size, so the file must hold that size: both readers check it
-    # before this runs (coco_convert when it converts, read_coco(in_memory=True) from the file's header).
+    # before this runs (data.coco.convert when it converts, read_coco(in_memory=True) from the file's header).
     original = example["original_size"]
     new_h, new_w = resized_size(original[0], original[1], short_side, long_side)
     box_scale = tf.stack([new_h, new_w, new_h, new_w]) / tf.tile(original, [2])

@@ -1,6 +1,6 @@
 """Reading PyTorch checkpoints into this project's Keras layers: the pieces every converter shares.
 
-A converter (models/convert.py dispatches to them) reads a state dict with
+A converter (models.convert.CONVERTERS dispatches to them) reads a state dict with
 `read_state_dict`, assigns its tensors layer by layer with `set_conv`,
 `set_batch_norm`, `set_dense` (each converts the layout and checks the shape),
 and ends with `StateDict.check_all_used`, so a checkpoint that does not fit the

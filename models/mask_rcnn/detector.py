@@ -3,7 +3,7 @@
 Stages (one module each): ResNet-FPN (models/fpn.py) -> anchors (anchors.py)
 -> RPN head and proposals (rpn.py) -> 7x7 RoIAlign + box head (roi_heads.py)
 -> detections (detections.py) -> 14x14 RoIAlign + mask head on the
-detections (heads.py) -> the detected class's mask channel (inference.py).
+detections, and the detected class's mask channel (roi_heads.py).
 Input transform and pasting into the original image: transform.py.
 
 The stages are named layers of the model, so other code reuses them on other

@@ -1,10 +1,10 @@
 """COCO evaluation of a Mask R-CNN checkpoint (what `evaluate.py --model mask_rcnn` runs).
 
     metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/")               # from raw images
-    metrics = evaluate_on_coco("heads.keras", "/data/coco", "eval/", boxes="gt")           # oracle boxes
+    metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/", boxes="gt")   # oracle boxes
 
 The detections come from models/mask_rcnn/prediction.py (detect_dataset), the
-oracle masks from models/mask_rcnn/inference.py (predict_oracle_masks), the
+oracle masks from models/mask_rcnn/oracle.py (predict_oracle_masks), the
 results files and COCOeval from data/coco/results.py.
 """
 import json
@@ -14,8 +14,7 @@ import os
 def _load_checkpoint(checkpoint):
     """A .keras Mask R-CNN file -> (model, detector): the model in it, and its build_mask_rcnn detector.
 
-    model: a detector, a DetectorTrainer, or a mask-head model (models.build_mask_head_model,
-    a MaskHeadTrainer); detector: model.detector where there is one, else model itself.
+    model: a detector or a DetectorTrainer; detector: model.detector where there is one, else model itself.
     Raises models.checkpoints.CheckpointError (one line naming the file) for a file that
     cannot be read or holds a PSPNet ("pass --model pspnet").
     """
@@ -34,12 +33,12 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     out_dir/bbox_results.json and out_dir/segm_results.json (COCO results
     format, the category ids the model carries) and out_dir/metrics.json
     (bbox_* and segm_*: COCOeval's twelve numbers each).
-    boxes="gt": masks for the ground-truth boxes (the oracle setting; a detector
-    checkpoint or a mask-head one); out_dir/segm_results.json and metrics.json
+    boxes="gt": masks for the ground-truth boxes (the oracle setting,
+    models/mask_rcnn/oracle.py); out_dir/segm_results.json and metrics.json
     with segm AP. class_source ("predicted" or "ground_truth"): which class
     picks each box's mask channel (and gives its category).
-    Images are resized as in training (detector_io.inference_sizes: short_side,
-    long_side, else the run's config.json, else 800 / 1333). max_images: the
+    Images are resized as in training (models.mask_rcnn.loading.inference_sizes:
+    short_side, long_side, else the run's config.json, else 800 / 1333). max_images: the
     first N only (0 = all). metrics also holds boxes, images, detections (and
     class_source for boxes="gt"). User errors raise SystemExit or
     CheckpointError, one line naming the file and the evaluate.py flag.

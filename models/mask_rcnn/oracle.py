@@ -18,7 +18,7 @@ from models.mask_rcnn.transform import detector_inputs
 def oracle_heads_model(detector):
     """keras.Model {"image" [B, H, W, 3], "rois" [B, R, 4]} -> the detector's class and mask branches on those boxes.
 
-    Outputs (as build_mask_head_model's, for predict_oracle_masks):
+    Outputs (what predict_oracle_masks reads):
     class_logits [B, R, K + 1], mask_logits [B, R, 28, 28, K + 1], class_ids
     [B, R] (the most likely object class), scores [B, R], masks [B, R, 28, 28]
     (that class's mask probabilities).
@@ -40,7 +40,7 @@ def oracle_heads_model(detector):
 def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=0.5):
     """Masks for the ground-truth boxes of every image of an evaluation dataset.
 
-    model: the heads model (build_mask_head_model) or a MaskHeadTrainer.
+    model: an oracle_heads_model (inputs {"image", "rois"}, the outputs above).
     dataset: batches as data.coco.make_dataset(..., training=False) yields them.
     class_source: "predicted" (the class branch picks the channel and gives the
         category and score: the default, what a detector would do) or

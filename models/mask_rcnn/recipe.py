@@ -3,7 +3,7 @@
     config = dataclasses.replace(PRESETS["maskrcnn_r50_fpn_1x_coco"], data="/data/coco", out="runs/mrcnn")
     train_detector(config)   # or `python train.py --model mask_rcnn --stage all --data ...`
 
-Stages (models/mask_rcnn/detector_trainer.py): heads, mask_head, all. A run
+Stages (models/mask_rcnn/trainer.py): heads, mask_head, all. A run
 starts from random weights, from --init-from (a converted torchvision detector,
 a torchvision-resnet50 backbone, or an earlier run's checkpoint), or resumes
 with --resume.
@@ -20,7 +20,7 @@ class DetectorConfig(RunSettings):
     """A Mask R-CNN detector training run (--model mask_rcnn). Field names are the CLI flags (with - for _)."""
 
     preset: str = "maskrcnn_r50_fpn_1x_coco"
-    stage: str = "all"  # heads | mask_head | all (models/mask_rcnn/detector_trainer.py)
+    stage: str = "all"  # heads | mask_head | all (models/mask_rcnn/trainer.py)
     data: str = ""  # COCO root: annotations/instances_{train,val}2017.json, {train,val}2017/
     out: str = ""
     resume: bool = False

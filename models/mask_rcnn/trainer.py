@@ -22,8 +22,8 @@ Stages (set_stage decides the trainable flags; the trainer minimises):
   belongs to the "backbone" module but always trains); minimises the sum.
 - "mask_head": only the mask branch trains, on a frozen detector; its RoIs are
   the detector's own proposals (mask_rois="proposals") or ground-truth-derived
-  boxes (mask_rois="gt": sample_rois' jittered ground truth and random boxes,
-  the older MaskHeadTrainer's RoIs); minimises the mask loss only (the other
+  boxes (mask_rois="gt": sample_rois' jittered ground truth and random
+  boxes); minimises the mask loss only (the other
   four are computed and logged).
 - "all": everything but the ResNet's stem and first stage, BatchNorm frozen
   (build_mask_rcnn's trainable_backbone_stages=3, torchvision's default);

@@ -13,7 +13,7 @@ size_divisible.
 
 detect: preprocess -> model -> boxes scaled back by original / resized size
 per axis (torchvision's ratios) -> masks pasted into the original image
-(models.mask_rcnn.inference.paste_masks).
+(models.mask_rcnn.paste.paste_masks).
 """
 import weakref
 

@@ -1,4 +1,4 @@
-"""The layout rule DESIGN.md states: the CLIs import the packages, never the other way, and no CLI imports another.
+"""The layout rule (ARCHITECTURE.md): the CLIs import the packages, never the other way, and no CLI imports another.
 Also: importing a CLI sets TensorFlow's environment before TensorFlow is imported."""
 import ast
 import os
