@@ -149,7 +149,11 @@ def _resize_matrix(source, target, dtype, align_corners=False):
     Built by resizing an identity matrix, so it matches the resize kernel exactly
     (half-pixel centres or align_corners, clamped at the edges, no antialiasing; up or down).
     """
-    identity = tf.eye(source, dtype=tf.float32)[None, :, None, :]  # [1, source, 1, source]
+    # The identity from Range + Equal: tf.eye with a dynamic size becomes MatrixDiagV3, which OpenVINO's
+    # converter has no rule for; these ops every exporter knows, and the matrix is the same, exactly.
+    positions = tf.range(source)
+    identity = tf.cast(tf.equal(positions[:, None], positions[None, :]), tf.float32)[None, :, None, :]
+    # identity: [1, source, 1, source]
     rows = _bilinear_resize(identity, tf.stack([target, 1]), align_corners)[0, :, 0, :]
     return tf.cast(rows, dtype)
 

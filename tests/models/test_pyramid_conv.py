@@ -110,3 +110,13 @@ def test_keras_round_trip(tmp_path):
 def test_even_kernel_is_refused():
     with pytest.raises(ValueError, match="odd kernel_size"):
         PyramidConv2D(4, 2)
+
+
+def test_graph_uses_only_ops_every_exporter_converts():
+    """No MatrixDiag* (tf.eye at a dynamic size): OpenVINO's TensorFlow frontend has no rule for it."""
+    layer = PyramidConv2D(4, 3)
+    spec = [tf.TensorSpec([1, None, None, 3]), tf.TensorSpec([1, 1, 1, 3]), tf.TensorSpec([1, 2, 2, 3])]
+    graph = tf.function(lambda x, p1, p2: layer([x, p1, p2])).get_concrete_function(*spec).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert "Conv2D" in op_types or "MatMul" in op_types or "BatchMatMulV2" in op_types
+    assert not {t for t in op_types if t.startswith("MatrixDiag")}
