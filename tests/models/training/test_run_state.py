@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from models import training
-from models.training import run_state
+from models.training import callbacks, run_state
 
 
 class Killed(BaseException):
@@ -167,7 +167,7 @@ def test_a_stop_signal_saves_once_then_stops(tmp_path):
 
 def test_a_second_signal_exits_at_once(monkeypatch):
     exits = []
-    monkeypatch.setattr(training.os, "_exit", exits.append)
+    monkeypatch.setattr(callbacks.os, "_exit", exits.append)
     stop = training.StopSignals()
     stop._handle(signal.SIGINT, None)
     assert stop.signal == signal.SIGINT and not exits
