@@ -18,6 +18,9 @@ import zipfile
 
 from data.errors import UserError
 
+# The entry models.convert adds to a converted .keras file: where its weights came from.
+PROVENANCE_ENTRY = "provenance.json"
+
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint file a user gave that cannot be used; str() is one line naming the file."""
@@ -78,3 +81,23 @@ def read_keras_file(path, *, flag="--checkpoint", compile=False):
             raise CheckpointError(f"{where}: refused: it holds Python code that would run on loading") from None
         first = text.strip().splitlines()[0] if text.strip() else ""
         raise CheckpointError(f"{where}: cannot load it as a Keras model ({type(error).__name__}: {first})") from None
+
+
+def read_provenance(path):
+    """The provenance record of a converted .keras file (models.convert.provenance), or None (a run's file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if PROVENANCE_ENTRY not in archive.namelist():
+                return None
+            return json.loads(archive.read(PROVENANCE_ENTRY))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def describe_provenance(provenance):
+    """One line: "converted from FILE (SOURCE, sha256 PREFIX): RELEASE reports METRIC on PROTOCOL"."""
+    line = f"converted from {provenance['file']} ({provenance['source']}, sha256 {provenance['sha256'][:12]})"
+    release = provenance.get("release")
+    if release:
+        line += f": {release['name']}, published {release['metric']} ({release['protocol']})"
+    return line

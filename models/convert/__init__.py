@@ -5,10 +5,15 @@ Modules:
                    missing / unexpected keys reported
     torchvision    torchvision's Mask R-CNN (v1, v2) and ImageNet ResNet-50
     semseg_mmseg   hszhao/semseg's and mmsegmentation's Cityscapes PSPNets
+    mmseg_config   the config text mmsegmentation stores in a checkpoint, parsed
+    provenance     the SHA-256 a published file's name carries, checked; where a converted file came from
     command        the command line
 torch is needed only to read the checkpoint; the .keras file loads without it.
 """
 import importlib
+import os
+
+from models.convert import provenance
 
 # SOURCE -> (module, function). The function takes the checkpoint's path and returns the keras.Model
 # holding its weights, or raises models.convert.torch_reader.CheckpointMismatch. Modules are imported
@@ -27,3 +32,19 @@ def convert(source, checkpoint):
     module_name, function_name = CONVERTERS[source]
     return getattr(importlib.import_module(module_name), function_name)(checkpoint)
 
+
+
+def convert_checkpoint(source, checkpoint, out, *, check_hash=True):
+    """Converts `checkpoint` and writes OUT (.keras) with its provenance; returns the keras.Model.
+
+    check_hash: refuse a file whose SHA-256 does not start with the digits its name carries
+    (provenance.check_hash) before reading it.
+    """
+    digest = provenance.sha256(checkpoint)
+    if check_hash:
+        provenance.check_hash(checkpoint, digest)
+    model = convert(source, checkpoint)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    model.save(out)
+    provenance.write_provenance(out, provenance.record(source, checkpoint, digest, model))
+    return model

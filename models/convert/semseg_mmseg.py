@@ -19,7 +19,8 @@ auxiliary head are read from the weights.
   `decode_head.psp_modules.{i}.1.{conv,bn}`, `decode_head.bottleneck.{conv,bn}`,
   `decode_head.conv_seg`, `auxiliary_head.convs.0.{conv,bn}`, `auxiliary_head.conv_seg`.
   Dilation and align_corners leave no trace in the weights: they are read from
-  the config text that mmsegmentation stores in meta["config"] (its
+  the config text that mmsegmentation stores in meta["config"], parsed
+  (models.convert.mmseg_config; its
   Cityscapes 769x769 models set align_corners=True: layout "mmseg_769x769");
   a checkpoint whose config is not "-D8" (dilations (1, 1, 2, 4),
   contract_dilation=True) is refused. Without a config, "-D8" with
@@ -31,10 +32,10 @@ data_preprocessor with bgr_to_rgb=True), which is this project's contract
 (data.normalization.INPUT_MEAN / INPUT_STD): nothing is folded into the first conv.
 """
 import dataclasses
-import re
 
 from models.pspnet.model import build_pspnet
 from models.resnet import resnet_depth
+from models.convert.mmseg_config import parse_config_text, pspnet_settings
 from models.convert.torch_reader import CheckpointMismatch, read_state_dict, set_batch_norm, set_conv, set_resnet
 
 BINS = (1, 2, 3, 6)  # both sources' pyramid (semseg's bins, mmsegmentation's pool_scales)
@@ -112,14 +113,11 @@ def _convert(checkpoint, source):
 def _mmseg_layout(meta, checkpoint):
     """"mmseg" or "mmseg_769x769" from the config text in an mmsegmentation checkpoint's meta, if it has one."""
     info = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
-    config = info.get("config", info.get("cfg"))  # 0.x stores "config", mmengine-era checkpoints "cfg"
-    if not isinstance(config, str):
+    text = info.get("config", info.get("cfg"))  # 0.x stores "config", mmengine-era checkpoints "cfg"
+    if not isinstance(text, str):
         return "mmseg"
-    squeezed = re.sub(r"\s+", "", config)
-    if "dilations=(1,1,2,4)" not in squeezed or "contract_dilation=True" not in squeezed:
-        raise CheckpointMismatch(f"{checkpoint}: its config is not a ResNetV1c \"-D8\" backbone (dilations=(1, 1, 2, 4), "
-                                 "contract_dilation=True): only mmsegmentation's PSPNet R-xx-D8 models convert.")
-    return "mmseg_769x769" if "align_corners=True" in squeezed else "mmseg"
+    settings = pspnet_settings(parse_config_text(text, checkpoint), checkpoint)
+    return "mmseg_769x769" if settings["align_corners"] else "mmseg"
 
 
 def _head_key(layer_name, source):
