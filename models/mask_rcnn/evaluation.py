@@ -1,29 +1,33 @@
 """COCO evaluation of a Mask R-CNN checkpoint (what `evaluate.py --model mask_rcnn` runs).
 
     metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/")               # from raw images
-    metrics = evaluate_on_coco("heads.keras", "/data/coco", "eval/", boxes="gt")           # oracle boxes
+    metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/", boxes="gt")   # oracle boxes
 
 The detections come from models/mask_rcnn/prediction.py (detect_dataset), the
-oracle masks from models/mask_rcnn/inference.py (predict_oracle_masks), the
-results files and COCOeval from data/coco/results.py.
+oracle masks from the detector's own class and mask branches on the
+ground-truth boxes (models/mask_rcnn/oracle.py: oracle_heads_model,
+predict_oracle_masks), the results files and COCOeval from data/coco/results.py.
 """
 import json
 import os
 
 
-def _load_checkpoint(checkpoint):
-    """A .keras Mask R-CNN file -> (model, detector): the model in it, and its build_mask_rcnn detector.
+def _load_detector(checkpoint):
+    """A .keras Mask R-CNN file -> its build_mask_rcnn detector (the file's model, or a DetectorTrainer's .detector).
 
-    model: a detector, a DetectorTrainer, or a mask-head model (models.build_mask_head_model,
-    a MaskHeadTrainer); detector: model.detector where there is one, else model itself.
     Raises models.checkpoints.CheckpointError (one line naming the file) for a file that
-    cannot be read or holds a PSPNet ("pass --model pspnet").
+    cannot be read, holds a PSPNet ("pass --model pspnet") or another model than a detector.
     """
     from models import checkpoints
+    from models.mask_rcnn.loading import is_detector
 
     model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.MASK_RCNN, checkpoint,
                                    hint="pass --model pspnet")
-    return model, getattr(model, "detector", model)
+    detector = getattr(model, "detector", model)
+    if not is_detector(detector):
+        raise checkpoints.CheckpointError(f"--checkpoint {checkpoint}: holds a {type(model).__name__} named "
+                                          f"{model.name!r}, not a Mask R-CNN detector")
+    return detector
 
 
 def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
@@ -34,11 +38,12 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     out_dir/bbox_results.json and out_dir/segm_results.json (COCO results
     format, the category ids the model carries) and out_dir/metrics.json
     (bbox_* and segm_*: COCOeval's twelve numbers each).
-    boxes="gt": masks for the ground-truth boxes (the oracle setting; a detector
-    checkpoint or a mask-head one); out_dir/segm_results.json and metrics.json
-    with segm AP. class_source ("predicted" or "ground_truth"): which class
-    picks each box's mask channel (and gives its category).
-    Images are resized as in training (detector_io.inference_sizes: short_side,
+    boxes="gt": masks for the ground-truth boxes from the detector's own class
+    and mask branches (the oracle setting: oracle.oracle_heads_model);
+    out_dir/segm_results.json and metrics.json with segm AP. class_source
+    ("predicted" or "ground_truth"): which class picks each box's mask channel
+    (and gives its category).
+    Images are resized as in training (loading.inference_sizes: short_side,
     long_side, else the run's config.json, else 800 / 1333). max_images: the
     first N only (0 = all). metrics also holds boxes, images, detections (and
     class_source for boxes="gt"). User errors raise SystemExit or
@@ -46,14 +51,11 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     """
     from data import coco
     from data.coco.results import bbox_results, evaluate_results
-    from models.mask_rcnn import predict_oracle_masks
-    from models.mask_rcnn.loading import inference_sizes, is_detector
-    from models.mask_rcnn.oracle import oracle_heads_model
+    from models.mask_rcnn.loading import inference_sizes
+    from models.mask_rcnn.oracle import oracle_heads_model, predict_oracle_masks
     from models.mask_rcnn.prediction import ModelCategories, detect_dataset
 
-    model, detector = _load_checkpoint(checkpoint)
-    if boxes == "detector" and not is_detector(detector):
-        raise SystemExit(f"--checkpoint {checkpoint}: holds a mask-head model (no RPN); evaluate it with --boxes gt")
+    detector = _load_detector(checkpoint)
     try:
         split_data = coco.read_coco(data_dir, split)
     except FileNotFoundError as error:
@@ -63,15 +65,13 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     if max_images:
         dataset = dataset.take(max_images)
     os.makedirs(out_dir, exist_ok=True)
+    categories = ModelCategories(detector)
     if boxes == "gt":
-        heads = oracle_heads_model(detector) if is_detector(detector) else model
-        predictions = predict_oracle_masks(heads, dataset, class_source=class_source)
-        categories = ModelCategories(detector) if is_detector(detector) else split_data.categories
+        predictions = predict_oracle_masks(oracle_heads_model(detector), dataset, class_source=class_source)
         results = {"segm": coco.segm_results(predictions, categories)}
         metrics = coco.evaluate_segm(split_data.coco, results["segm"])
     else:
         predictions = detect_dataset(detector, dataset)
-        categories = ModelCategories(detector)
         results = {"bbox": bbox_results(predictions, categories), "segm": coco.segm_results(predictions, categories)}
         metrics = {}
         for iou_type, found in results.items():

@@ -1,5 +1,5 @@
 """Detector files: building the configured detector, reading one back from any .keras the project writes,
-fine-tuning initialisation from another, and the oracle-box view of a detector.
+fine-tuning initialisation from another.
 
 - load_detector(path): the build_mask_rcnn model in a converted .keras
   (models.convert.torchvision), a run's checkpoint (a DetectorTrainer)
@@ -9,9 +9,7 @@ fine-tuning initialisation from another, and the oracle-box view of a detector.
   predictors of another class count are left as initialised.
 - inference_sizes(checkpoint): the resize a run trained with, for evaluating
   and predicting the way it saw its images.
-- oracle_heads_model(detector): {"image", "rois"} -> the class and mask
-  branches on given boxes, what models.mask_rcnn.predict_oracle_masks takes
-  (evaluate.py --boxes gt).
+The oracle-box view of a detector (evaluate.py --boxes gt) is models/mask_rcnn/oracle.py.
 """
 import json
 import os

@@ -23,8 +23,9 @@ Stages (set_stage decides the trainable flags; the trainer minimises):
 - "mask_head": only the mask branch trains, on a frozen detector; its RoIs are
   the detector's own proposals (mask_rois="proposals") or ground-truth-derived
   boxes (mask_rois="gt": sample_rois' jittered ground truth and random boxes,
-  the older MaskHeadTrainer's RoIs); minimises the mask loss only (the other
-  four are computed and logged).
+  so the mask branch trains on boxes like the oracle ones that
+  evaluate.py --boxes gt scores it on); minimises the mask loss only (the
+  other four are computed and logged).
 - "all": everything but the ResNet's stem and first stage, BatchNorm frozen
   (build_mask_rcnn's trainable_backbone_stages=3, torchvision's default);
   minimises the sum.
