@@ -101,7 +101,7 @@ def test_oracle_view_of_a_saved_mask_head_trainer_is_the_one_it_was_saved_with(t
     assert (loaded.stage, loaded.mask_rois, loaded.box_positive_fraction) == ("mask_head", "gt", 0.5)
 
 
-def _numpy_head_losses(class_logits, mask_logits, class_ids, masks, valid):
+def _numpy_class_and_mask_losses(class_logits, mask_logits, class_ids, masks, valid):
     """float64: the mask loss (BCE from logits, ground-truth class channel, positives) and the class loss
     (softmax cross-entropy, mean over the valid RoIs)."""
     logits = class_logits.astype(np.float64)
@@ -142,8 +142,8 @@ def test_mask_head_steps_on_ground_truth_rois_log_the_oracle_views_losses(sample
     assert not valid.all() and (valid & (class_ids == 0)).any() and (class_ids > 0).sum() > 2
     out = oracle_heads_model(trainer.detector)({"image": detector_inputs(batch)["images"], "rois": recorded["rois"]})
     masks = mask_targets(batch["masks"], batch["boxes"], recorded["rois"], recorded["gt_index"], 28).numpy()
-    mask_ref, class_ref = _numpy_head_losses(out["class_logits"].numpy(), out["mask_logits"].numpy(), class_ids,
-                                             masks, valid)
+    mask_ref, class_ref = _numpy_class_and_mask_losses(out["class_logits"].numpy(), out["mask_logits"].numpy(),
+                                                       class_ids, masks, valid)
 
     for step in (trainer.test_on_batch, trainer.train_on_batch):
         trainer.seed_generator.state.assign(start)  # the same RoIs as recorded
