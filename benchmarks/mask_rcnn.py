@@ -1,4 +1,5 @@
-"""Mask R-CNN: multi-level RoIAlign, mask pasting (ours vs a per-instance PIL loop) and the heads' training step.
+"""Mask R-CNN: multi-level RoIAlign, mask pasting (ours vs a per-instance PIL loop) and the mask-head training step
+(the detector's mask_head stage on ground-truth RoIs).
 
 The whole detector's inference, against torchvision's: benchmarks.detector.
 """
@@ -8,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from benchmarks.harness import Result, median_time
-from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model, paste_masks
+from models.mask_rcnn import DetectorTrainer, build_mask_rcnn, paste_masks, set_stage
 from models.roi_align import multilevel_roi_align, roi_levels
 from models.training import SegmentationSGD
 
@@ -18,12 +19,13 @@ NUM_CLASSES = 80  # COCO
 def _config(quick):
     """Sizes of every benchmark here; the full ones are the paper's (ResNet-50 FPN, 800 x 1333 images)."""
     if quick:
-        return dict(model=dict(depth=18, base_width=16, fpn_channels=32, head_channels=32, fc_units=64),
-                    model_name="r18/w16", image=(128, 160), roi_image=(512, 640), roi_channels=32,
-                    num_rois_align=64, paste_image=(200, 300), num_paste=10, num_rois_train=16,
+        return dict(model=dict(base_width=8, fpn_channels=32, mask_head_channels=32, box_head_units=64),
+                    model_name="r50/w8", image=(128, 160), roi_image=(512, 640), roi_channels=32,
+                    num_rois_align=64, paste_image=(200, 300), num_paste=10, box_batch_size=64,
                     max_instances=8, num_gt=3, repeats=2)
-    return dict(model=dict(depth=50), model_name="resnet50", image=(800, 1344), roi_image=(800, 1344),
-                roi_channels=256, num_rois_align=1000, paste_image=(800, 1333), num_paste=100, num_rois_train=64,
+    # box_batch_size: torchvision's 512 RoIs per image, a quarter positive at most (DetectorTrainer's defaults).
+    return dict(model=dict(), model_name="resnet50", image=(800, 1344), roi_image=(800, 1344),
+                roi_channels=256, num_rois_align=1000, paste_image=(800, 1333), num_paste=100, box_batch_size=512,
                 max_instances=100, num_gt=15, repeats=3)
 
 
@@ -150,7 +152,7 @@ def _paste_rows(cfg, rng):
     noise = rng.random((count, 28, 28)).astype(np.float32)
     boxes = random_boxes(rng, count, (height, width))
     blobs = blob_masks(rng, count)
-    # Tensors, as predict_oracle_masks hands the network's masks over.
+    # Tensors, as predict_oracle_masks hands the oracle view's masks over.
     boxes_t = tf.constant(boxes)
 
     def timed(fn):
@@ -210,25 +212,23 @@ def synthetic_batch(rng, batch_size, image_size, max_instances, num_gt, mask_siz
     }
 
 
-def _train_row(cfg, rng, network):
+def _train_row(cfg, rng):
+    """One step of `train.py --stage mask_head --mask-rois gt`: the whole detector's forward (its RPN and box
+    losses are logged too), RoIs from the jittered ground truth, the mask head trained on the positives."""
     height, width = cfg["image"]
-    trainer = MaskHeadTrainer(network, num_rois=cfg["num_rois_train"], seed=0)
+    detector = build_mask_rcnn(NUM_CLASSES, **cfg["model"])
+    set_stage(detector, "mask_head")
+    trainer = DetectorTrainer(detector, stage="mask_head", mask_rois="gt", box_batch_size=cfg["box_batch_size"],
+                              seed=0)
     trainer.compile(optimizer=SegmentationSGD(0.02, momentum=0.9, l2=1e-4))
     batch = synthetic_batch(rng, 2, cfg["image"], cfg["max_instances"], cfg["num_gt"])
-    # fit's own per-step path: Keras's compiled train_function over an iterator of batches (dicts).
-    # (train_on_batch wraps the batch as (x, None, None), which MaskHeadTrainer.train_step does not take.)
-    trainer.make_train_function()
-    train_function = trainer.train_function
-
-    def step():
-        logs = train_function(iter([batch]))
-        float(logs["loss"])
-
-    seconds = median_time(step, warmup=1, repeats=cfg["repeats"])
-    return Result("mask r-cnn heads train step", f"2x{height}x{width} {cfg['model_name']}", seconds,
+    seconds = median_time(lambda: float(trainer.train_on_batch(batch, return_dict=True)["loss"]), warmup=1,
+                          repeats=cfg["repeats"])
+    return Result("mask-head train step (gt RoIs)", f"2x{height}x{width} {cfg['model_name']}", seconds,
                   throughput=f"{2 / seconds:.2f} img/s",
-                  note=f"{cfg['num_rois_train']} RoIs/img sampled in-graph, {cfg['num_gt']} GT/img; "
-                       f"SegmentationSGD; s/step = median time")
+                  note=f"DetectorTrainer(stage='mask_head', mask_rois='gt'): {cfg['box_batch_size']} RoIs/img "
+                       f"sampled in-graph, mask head on the positives; {cfg['num_gt']} GT/img; SegmentationSGD; "
+                       f"s/step = median time")
 
 
 def run(quick=False):
@@ -236,7 +236,6 @@ def run(quick=False):
     rng = np.random.default_rng(0)
     results = _roi_align_rows(cfg, rng)
     results += _paste_rows(cfg, rng)
-    network = build_mask_head_model(NUM_CLASSES, **cfg["model"])
-    results.append(_train_row(cfg, rng, network))
+    results.append(_train_row(cfg, rng))
     return results
 

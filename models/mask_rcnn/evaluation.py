@@ -4,25 +4,30 @@
     metrics = evaluate_on_coco("runs/r50/best.keras", "/data/coco", "eval/", boxes="gt")   # oracle boxes
 
 The detections come from models/mask_rcnn/prediction.py (detect_dataset), the
-oracle masks from models/mask_rcnn/oracle.py (predict_oracle_masks), the
-results files and COCOeval from data/coco/results.py.
+oracle masks from the detector's own class and mask branches on the
+ground-truth boxes (models/mask_rcnn/oracle.py: oracle_heads_model,
+predict_oracle_masks), the results files and COCOeval from data/coco/results.py.
 """
 import json
 import os
 
 
-def _load_checkpoint(checkpoint):
-    """A .keras Mask R-CNN file -> (model, detector): the model in it, and its build_mask_rcnn detector.
+def _load_detector(checkpoint):
+    """A .keras Mask R-CNN file -> its build_mask_rcnn detector (the file's model, or a DetectorTrainer's .detector).
 
-    model: a detector or a DetectorTrainer; detector: model.detector where there is one, else model itself.
     Raises models.checkpoints.CheckpointError (one line naming the file) for a file that
-    cannot be read or holds a PSPNet ("pass --model pspnet").
+    cannot be read, holds a PSPNet ("pass --model pspnet") or another model than a detector.
     """
     from models import checkpoints
+    from models.mask_rcnn.loading import is_detector
 
     model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.MASK_RCNN, checkpoint,
                                    hint="pass --model pspnet")
-    return model, getattr(model, "detector", model)
+    detector = getattr(model, "detector", model)
+    if not is_detector(detector):
+        raise checkpoints.CheckpointError(f"--checkpoint {checkpoint}: holds a {type(model).__name__} named "
+                                          f"{model.name!r}, not a Mask R-CNN detector")
+    return detector
 
 
 def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
@@ -33,26 +38,24 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     out_dir/bbox_results.json and out_dir/segm_results.json (COCO results
     format, the category ids the model carries) and out_dir/metrics.json
     (bbox_* and segm_*: COCOeval's twelve numbers each).
-    boxes="gt": masks for the ground-truth boxes (the oracle setting,
-    models/mask_rcnn/oracle.py); out_dir/segm_results.json and metrics.json
-    with segm AP. class_source ("predicted" or "ground_truth"): which class
-    picks each box's mask channel (and gives its category).
-    Images are resized as in training (models.mask_rcnn.loading.inference_sizes:
-    short_side, long_side, else the run's config.json, else 800 / 1333). max_images: the
+    boxes="gt": masks for the ground-truth boxes from the detector's own class
+    and mask branches (the oracle setting: oracle.oracle_heads_model);
+    out_dir/segm_results.json and metrics.json with segm AP. class_source
+    ("predicted" or "ground_truth"): which class picks each box's mask channel
+    (and gives its category).
+    Images are resized as in training (loading.inference_sizes: short_side,
+    long_side, else the run's config.json, else 800 / 1333). max_images: the
     first N only (0 = all). metrics also holds boxes, images, detections (and
     class_source for boxes="gt"). User errors raise SystemExit or
     CheckpointError, one line naming the file and the evaluate.py flag.
     """
     from data import coco
     from data.coco.results import bbox_results, evaluate_results
-    from models.mask_rcnn import predict_oracle_masks
-    from models.mask_rcnn.loading import inference_sizes, is_detector
-    from models.mask_rcnn.oracle import oracle_heads_model
+    from models.mask_rcnn.loading import inference_sizes
+    from models.mask_rcnn.oracle import oracle_heads_model, predict_oracle_masks
     from models.mask_rcnn.prediction import ModelCategories, detect_dataset
 
-    model, detector = _load_checkpoint(checkpoint)
-    if boxes == "detector" and not is_detector(detector):
-        raise SystemExit(f"--checkpoint {checkpoint}: holds a mask-head model (no RPN); evaluate it with --boxes gt")
+    detector = _load_detector(checkpoint)
     try:
         split_data = coco.read_coco(data_dir, split)
     except FileNotFoundError as error:
@@ -62,15 +65,13 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     if max_images:
         dataset = dataset.take(max_images)
     os.makedirs(out_dir, exist_ok=True)
+    categories = ModelCategories(detector)
     if boxes == "gt":
-        heads = oracle_heads_model(detector) if is_detector(detector) else model
-        predictions = predict_oracle_masks(heads, dataset, class_source=class_source)
-        categories = ModelCategories(detector) if is_detector(detector) else split_data.categories
+        predictions = predict_oracle_masks(oracle_heads_model(detector), dataset, class_source=class_source)
         results = {"segm": coco.segm_results(predictions, categories)}
         metrics = coco.evaluate_segm(split_data.coco, results["segm"])
     else:
         predictions = detect_dataset(detector, dataset)
-        categories = ModelCategories(detector)
         results = {"bbox": bbox_results(predictions, categories), "segm": coco.segm_results(predictions, categories)}
         metrics = {}
         for iou_type, found in results.items():

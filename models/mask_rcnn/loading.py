@@ -9,6 +9,7 @@ initialisation from another, and the resize a run trained with.
   predictors of another class count are left as initialised.
 - inference_sizes(checkpoint): the resize a run trained with, for evaluating
   and predicting the way it saw its images.
+The oracle-box view of a detector (evaluate.py --boxes gt) is models/mask_rcnn/oracle.py.
 """
 import json
 import os

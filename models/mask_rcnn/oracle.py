@@ -18,10 +18,15 @@ from models.mask_rcnn.transform import detector_inputs
 def oracle_heads_model(detector):
     """keras.Model {"image" [B, H, W, 3], "rois" [B, R, 4]} -> the detector's class and mask branches on those boxes.
 
+    image: the detector's normalised, padded images (transform.detector_inputs(batch)["images"]);
+    rois: (y1, x1, y2, x2) in those images' pixels. The model holds no weights
+    of its own: it is the detector's FPN, RoIAligns, box head (its class
+    logits) and mask head, so it follows the detector as it trains.
     Outputs (what predict_oracle_masks reads):
     class_logits [B, R, K + 1], mask_logits [B, R, 28, 28, K + 1], class_ids
-    [B, R] (the most likely object class), scores [B, R], masks [B, R, 28, 28]
-    (that class's mask probabilities).
+    [B, R] int32 (the most likely object class, background left out), scores
+    [B, R] (its softmax probability), masks [B, R, 28, 28] (that class's mask
+    probabilities).
     """
     layers = detector_layers(detector)
     image = keras.Input((None, None, 3), name="image")
@@ -40,7 +45,7 @@ def oracle_heads_model(detector):
 def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=0.5):
     """Masks for the ground-truth boxes of every image of an evaluation dataset.
 
-    model: an oracle_heads_model (inputs {"image", "rois"}, the outputs above).
+    model: oracle_heads_model(detector).
     dataset: batches as data.coco.make_dataset(..., training=False) yields them.
     class_source: "predicted" (the class branch picks the channel and gives the
         category and score: the default, what a detector would do) or
@@ -53,11 +58,10 @@ def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=
     """
     if class_source not in ("predicted", "ground_truth"):
         raise ValueError(f'class_source must be "predicted" or "ground_truth", got {class_source!r}')
-    network = getattr(model, "network", model)
 
     @tf.function(reduce_retracing=True)
     def run(batch):
-        return network({"image": detector_inputs(batch)["images"], "rois": batch["boxes"]}, training=False)
+        return model({"image": detector_inputs(batch)["images"], "rois": batch["boxes"]}, training=False)
 
     predictions = []
     for batch in dataset:

@@ -10,8 +10,9 @@ ground truth is padded to M instances per image with class 0.
   512 sampled per image, up to 25% positive; class-specific regression
   targets with weights (10, 10, 5, 5). torchvision's RPN and RoI heads'
   training targets, over a batch (matching and sampling: models.mask_rcnn.matching).
-- sample_rois: RoIs from jittered ground truth and random boxes, for training
-  the mask head without the RPN's proposals (stage mask_head, mask_rois="gt").
+- sample_rois: RoIs from jittered ground truth and random boxes, the
+  candidates of the mask-head stage on ground-truth RoIs (DetectorTrainer
+  mask_rois="gt"), in place of the RPN's proposals.
 - positive_rois: the positives of a box_head_targets sample, as one flat list (the mask branch's RoIs).
 - mask_targets: the matched instance's mask cut out of each RoI.
 Crowd regions (data.coco's crowd_boxes) follow matching.inside_crowd's rule.

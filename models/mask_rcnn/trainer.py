@@ -22,9 +22,10 @@ Stages (set_stage decides the trainable flags; the trainer minimises):
   belongs to the "backbone" module but always trains); minimises the sum.
 - "mask_head": only the mask branch trains, on a frozen detector; its RoIs are
   the detector's own proposals (mask_rois="proposals") or ground-truth-derived
-  boxes (mask_rois="gt": sample_rois' jittered ground truth and random
-  boxes); minimises the mask loss only (the other
-  four are computed and logged).
+  boxes (mask_rois="gt": sample_rois' jittered ground truth and random boxes,
+  so the mask branch trains on boxes like the oracle ones that
+  evaluate.py --boxes gt scores it on); minimises the mask loss only (the
+  other four are computed and logged).
 - "all": everything but the ResNet's stem and first stage, BatchNorm frozen
   (build_mask_rcnn's trainable_backbone_stages=3, torchvision's default);
   minimises the sum.

@@ -35,14 +35,14 @@ def _cli(script, *args):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A tiny PSPNet and a tiny Mask R-CNN head trainer, saved as train.py saves them."""
+    """A tiny PSPNet and a tiny Mask R-CNN detector trainer, saved as train.py saves them."""
     from models import build_pspnet
-    from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model
+    from models.mask_rcnn import DetectorTrainer, build_mask_rcnn
 
     folder = tmp_path_factory.mktemp("ckpt")
     build_pspnet(19, backbone="resnet18", base_width=8).save(folder / "pspnet.keras")
-    heads = build_mask_head_model(5, depth=18, base_width=8, fpn_channels=8, head_channels=8, fc_units=16)
-    MaskHeadTrainer(heads, num_rois=4).save(folder / "mask_rcnn.keras")
+    detector = build_mask_rcnn(5, base_width=8, fpn_channels=8, mask_head_channels=8, box_head_units=16)
+    DetectorTrainer(detector, stage="mask_head", mask_rois="gt").save(folder / "mask_rcnn.keras")
     return {"pspnet": str(folder / "pspnet.keras"), "mask_rcnn": str(folder / "mask_rcnn.keras")}
 
 
@@ -118,6 +118,22 @@ def test_checkpoint_of_the_other_model_kind(tmp_path, checkpoints):
                                          "pass --model mask_rcnn"):
         predict.main(["--checkpoint", checkpoints["mask_rcnn"], _photo(tmp_path / "a.png"), "--out",
                       str(tmp_path / "p")])
+
+
+def test_a_mask_rcnn_file_without_the_detector_is_refused_in_one_line(tmp_path):
+    """A Mask R-CNN model that is not a whole detector (here its oracle-box view, saved on its own) has no
+    detections and no heads of its own to put on the ground-truth boxes: refused for both --boxes."""
+    from models.mask_rcnn import build_mask_rcnn, oracle_heads_model
+
+    path = tmp_path / "oracle.keras"
+    oracle_heads_model(build_mask_rcnn(5, base_width=8, fpn_channels=8, mask_head_channels=8,
+                                       box_head_units=16)).save(path)
+    for boxes in ("detector", "gt"):
+        with pytest.raises(SystemExit) as error:
+            evaluate.main(["--model", "mask_rcnn", "--boxes", boxes, "--checkpoint", str(path), "--data",
+                           str(tmp_path / "coco"), "--out", str(tmp_path / "e")])
+        assert str(error.value) == (f"--checkpoint {path}: holds a Functional named 'mask_rcnn_oracle', "
+                                    "not a Mask R-CNN detector")
 
 
 def test_predict_bad_images_stop_or_are_skipped_and_rotated_photos_come_out_upright(tmp_path, checkpoints, capsys):

@@ -17,7 +17,7 @@ from keras.src.backend.common import global_state
 from models import build_pspnet
 from models import checkpoints
 from models.checkpoints import CheckpointError
-from models.mask_rcnn import MaskHeadTrainer, build_mask_head_model
+from models.mask_rcnn import DetectorTrainer, build_mask_rcnn, oracle_heads_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,9 +84,9 @@ def saved_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kinds")
     pspnet = folder / "pspnet.keras"
     build_pspnet(19, backbone="resnet18", base_width=8).save(pspnet)
-    heads = build_mask_head_model(5, depth=18, base_width=8, fpn_channels=8, head_channels=8, fc_units=16)
+    detector = build_mask_rcnn(5, base_width=8, fpn_channels=8, mask_head_channels=8, box_head_units=16)
     trainer = folder / "trainer.keras"
-    MaskHeadTrainer(heads, num_rois=4).save(trainer)
+    DetectorTrainer(detector, stage="mask_head", mask_rois="gt").save(trainer)
     return str(pspnet), str(trainer)
 
 
@@ -96,7 +96,8 @@ def test_kinds_are_told_apart_and_a_mismatch_is_one_line(saved_models):
     trainer = checkpoints.load_keras_file(trainer_path)
     assert checkpoints.model_kind(pspnet) == "pspnet"
     assert checkpoints.model_kind(trainer) == "mask_rcnn"
-    assert checkpoints.model_kind(trainer.network) == "mask_rcnn"
+    assert checkpoints.model_kind(trainer.detector) == "mask_rcnn"
+    assert checkpoints.model_kind(oracle_heads_model(trainer.detector)) == "mask_rcnn"
     # the loaded PSPNet is the saved one: same weights
     np.testing.assert_array_equal(pspnet.get_layer("head_classifier").get_weights()[0],
                                   keras.saving.load_model(pspnet_path, safe_mode=True)
