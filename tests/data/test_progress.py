@@ -44,7 +44,8 @@ def test_line_format():
 def test_unknown_and_zero_totals():
     assert format_line("evaluating", 7, None, 2.0) == "evaluating 7 images, 3.50 images/s"
     assert format_line("evaluating", 7, None, 2.0, final=True) == "evaluating 7 images, 3.50 images/s, 0:02 in all"
-    assert format_line("evaluating", 0, 0, 0.0, final=True) == "evaluating [####################] 0/0 images, 0:00 in all"
+    assert format_line("evaluating", 0, 0, 0.0, final=True) == \
+        "evaluating [####################] 0/0 images, 0:00 in all"
     # Nothing done yet: no rate, so no time left.
     assert format_line("evaluating", 0, 10, 5.0) == "evaluating [--------------------] 0/10 images"
 
