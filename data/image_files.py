@@ -23,18 +23,6 @@ from data.images import BadImageError
 from data.progress import as_progress
 
 
-def read_image_or_skip(path, skip_bad):
-    """data.images.read_image(path): uint8 [H, W, 3] RGB; for a bad file (a missing one too) with skip_bad
-    (--skip-bad), None and a warning. Without skip_bad a bad file raises BadImageError (one line naming it)."""
-    try:
-        return images.read_image(path)
-    except BadImageError as error:
-        if not skip_bad:
-            raise
-        cli.warn(f"skipped: {error}")
-        return None
-
-
 def output_paths(paths, out_dir, kinds, *, shared=(), overwrite=False):
     """[{kind: OUT/NAME_KIND.png}] per path, after refusing outputs in the way (module doc); raises UsageError."""
     targets = []
@@ -62,7 +50,8 @@ def predict_over_images(paths, out_dir, kinds, work, *, shared=(), overwrite=Fal
     kinds: the KINDs of OUT/NAME_KIND.png each image writes; shared: names of files in
     out_dir written once for all (by the caller, after this returns). work gets the
     image's number (from 1, in `paths` order, skipped images counted), its path, rgb
-    uint8 [H, W, 3] and targets {kind: path}, and writes the files. progress: a
+    uint8 [H, W, 3] and targets {kind: path}, writes the files and may return a
+    line to print on stdout (above a terminal's progress bar). progress: a
     data.progress.Progress (None: shown on stderr). Errors: module doc.
     """
     targets = output_paths(paths, out_dir, kinds, shared=shared, overwrite=overwrite)
@@ -70,11 +59,19 @@ def predict_over_images(paths, out_dir, kinds, work, *, shared=(), overwrite=Fal
     done, skipped = [], 0
     with as_progress(progress).bar(len(paths), "predicting") as bar:
         for number, (path, files) in enumerate(zip(paths, targets), start=1):
-            rgb = read_image_or_skip(path, skip_bad)
-            if rgb is None:
+            try:
+                rgb = images.read_image(path)
+            except BadImageError as error:
+                if not skip_bad:
+                    raise
+                with bar.above():
+                    cli.warn(f"skipped: {error}")
                 skipped += 1
             else:
-                work(number, path, rgb, files)
+                note = work(number, path, rgb, files)
+                if note:
+                    with bar.above():
+                        print(note, flush=True)
                 done.append((path, files))
             bar.update()
     if skipped:

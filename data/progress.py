@@ -10,7 +10,8 @@
 Library functions take `progress=None` (shown on stderr, as below) or a Progress
 (`as_progress` turns the argument into one); Progress(quiet=True) shows nothing.
 
-On a terminal the line is redrawn in place (at most 10 times a second). Elsewhere (a log
+On a terminal the line is redrawn in place (at most 10 times a second); lines printed
+inside `with bar.above():` land above it. Elsewhere (a log
 file, a pipe, a batch system) each line shown is its own line, so logs stay readable:
 the first update, then at most one line every LOG_INTERVAL seconds, and the last:
 
@@ -21,6 +22,7 @@ A rate under one unit a second reads as seconds per unit ("12.3 s/image"); an un
 shows the count and rate only ("evaluating 120 images, 2.10 images/s"); the rate counts
 only the units done in this run (a resumed conversion starts at `initial`).
 """
+import contextlib
 import sys
 import time
 
@@ -102,6 +104,20 @@ class ProgressBar:
             self._show(self.clock(), final=True)
             if self.terminal:
                 self._write("\n")
+
+    @contextlib.contextmanager
+    def above(self):
+        """Inside, lines printed (a warning, a per-item note, on stdout or stderr) land above a terminal's bar:
+        its line is cleared first and drawn again after. In a log nothing needs doing."""
+        drawn = self.enabled and self.terminal and not self.closed and self.last_shown is not None
+        if drawn:
+            self._write("\r\x1b[K")
+        try:
+            yield
+        finally:
+            if drawn:
+                sys.stdout.flush()  # stdout's lines first, then the bar under them
+                self._show(self.clock(), final=False)
 
     def abandon(self):
         """Ends the bar without a final line (the loop failed): a terminal line is ended so that the

@@ -121,7 +121,7 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
         # One entry per detection: its box, its mask and its score together.
         for box, mask in zip(bbox_results([found], categories), segm_results([found], categories)):
             results.append({**box, "segmentation": mask["segmentation"], "file_name": os.path.basename(path)})
-        print(f"{path}: {len(detection['class_ids'])} detection(s) scoring >= {score_threshold}")
+        return f"{path}: {len(detection['class_ids'])} detection(s) scoring >= {score_threshold}"
 
     json_name = "detections.json"
     done = predict_over_images(paths, out_dir, ("overlay",), work, shared=(json_name,), overwrite=overwrite,

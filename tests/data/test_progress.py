@@ -121,3 +121,24 @@ def test_a_terminal_redraws_one_line_in_place():
     assert stream.getvalue() == (
         "\rpredicting [##########----------] 1/2 images, 20.00 images/s, 0:00 left\x1b[K"
         "\rpredicting [####################] 2/2 images, 20.00 images/s, 0:00 in all\x1b[K\n")
+
+
+def test_lines_printed_above_a_terminal_bar_clear_it_and_draw_it_again():
+    clock, stream = Clock(), io.StringIO()
+    bar = ProgressBar(4, "predicting", stream=stream, clock=clock, terminal=True)
+    with bar.above():  # nothing drawn yet: nothing to clear
+        stream.write("first\n")
+    clock.now += 1.0
+    bar.update()
+    with bar.above():
+        stream.write("warning: skipped: a.png: empty file (0 bytes)\n")
+    line = "predicting [#####---------------] 1/4 images, 1.00 images/s, 0:03 left"
+    assert stream.getvalue() == (f"first\n\r{line}\x1b[K"
+                                 "\r\x1b[Kwarning: skipped: a.png: empty file (0 bytes)\n"
+                                 f"\r{line}\x1b[K")
+    log = io.StringIO()
+    bar = _bar(4, clock, log)
+    bar.update()
+    with bar.above():
+        log.write("a note\n")
+    assert log.getvalue().splitlines()[1:] == ["a note"]  # a log needs no clearing
