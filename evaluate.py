@@ -22,6 +22,7 @@ set_tensorflow_environment()
 
 def build_parser():
     from data import cli
+    from data.progress import add_quiet_flag
 
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
@@ -43,6 +44,7 @@ def build_parser():
                         help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
     cli.add_resize_flags(parser)
     cli.add_skip_bad_flag(parser)
+    add_quiet_flag(parser)
     cli.add_debug_flag(parser)
     return parser
 
@@ -64,8 +66,10 @@ def check_args(args):
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, evaluates; returns the metrics dict."""
     from data import cli
+    from data.progress import Progress
 
     args = build_parser().parse_args(argv)
+    progress = Progress(quiet=args.quiet)
     with cli.user_errors(args.debug):
         check_args(args)
         if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
@@ -76,12 +80,14 @@ def main(argv=None):
 
             return evaluate_on_coco(args.checkpoint, args.data, args.out, split=args.split, boxes=args.boxes,
                                     class_source=args.class_source, short_side=args.short_side,
-                                    long_side=args.long_side, max_images=args.max_images)
+                                    long_side=args.long_side, max_images=args.max_images,
+                                    progress=progress)
         from models.pspnet.evaluation import evaluate_on_cityscapes
 
         return evaluate_on_cityscapes(args.checkpoint, args.data, args.out, split=args.split, tfds=args.tfds,
                                       sliding=args.sliding, crop_size=args.crop, flip=args.flip, scales=args.scales,
-                                      max_images=args.max_images, skip_bad=args.skip_bad)
+                                      max_images=args.max_images, skip_bad=args.skip_bad,
+                                      progress=progress)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ set_tensorflow_environment()
 
 def build_parser():
     from data import cli
+    from data.progress import add_quiet_flag
 
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
@@ -43,6 +44,7 @@ def build_parser():
                         help="Mask R-CNN: keep detections scoring at least this, in [0, 1]")
     cli.add_resize_flags(parser)
     cli.add_skip_bad_flag(parser)
+    add_quiet_flag(parser)
     cli.add_debug_flag(parser)
     return parser
 
@@ -71,8 +73,10 @@ def check_args(args):
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, predicts; returns the overlay paths written."""
     from data import cli, images
+    from data.progress import Progress
 
     args = build_parser().parse_args(argv)
+    progress = Progress(quiet=args.quiet)
     with cli.user_errors(args.debug):
         check_args(args)
         paths = images.find_images(args.inputs)  # before the checkpoint: a wrong path is found in seconds
@@ -84,14 +88,14 @@ def main(argv=None):
             sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
             return predict_files(detector, paths, args.out, min_size=sizes["short_side"], max_size=sizes["long_side"],
                                  score_threshold=args.score_threshold, alpha=args.alpha, overwrite=args.overwrite,
-                                 skip_bad=args.skip_bad)
+                                 skip_bad=args.skip_bad, progress=progress)
         from models.pspnet.inference import load_inference_model
         from models.pspnet.prediction import predict_files
 
         model = load_inference_model(args.checkpoint)
         return predict_files(model, paths, args.out, mode="sliding" if args.sliding else "whole",
                              crop_size=args.crop, flip=args.flip, scales=args.scales, alpha=args.alpha,
-                             overwrite=args.overwrite, skip_bad=args.skip_bad)
+                             overwrite=args.overwrite, skip_bad=args.skip_bad, progress=progress)
 
 
 if __name__ == "__main__":

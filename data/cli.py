@@ -190,18 +190,3 @@ def warn(message):
     """A one-line warning on stderr (skipped files, converted images)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
-
-def read_image_or_skip(path, skip_bad):
-    """data.images.read_image(path): uint8 [H, W, 3] RGB; for a bad file with skip_bad (--skip-bad), None and a warning.
-
-    Without skip_bad a bad file raises data.images.BadImageError (one line naming it).
-    """
-    from data import images
-
-    try:
-        return images.read_image(path)
-    except BadImageError as error:
-        if not skip_bad:
-            raise
-        warn(f"skipped: {error}")
-        return None

@@ -5,6 +5,7 @@ import os
 from data.coco.annotations import CocoInputError
 from data.coco.convert import RecordsMismatch, convert
 from data.coco.records import default_records_dir
+from data.progress import Progress, add_quiet_flag
 
 
 def main(argv=None):
@@ -20,6 +21,7 @@ def main(argv=None):
     parser.add_argument("--images-per-shard", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations with a warning")
+    add_quiet_flag(parser)
     args = parser.parse_args(argv)
     if args.mask_size < 1 or args.images_per_shard < 1 or (args.workers is not None and args.workers < 1):
         parser.error("--mask-size, --images-per-shard and --workers must be positive")
@@ -36,7 +38,7 @@ def main(argv=None):
     try:
         for ann_path, image_dir, out_dir in jobs:
             convert(ann_path, image_dir, out_dir, mask_size=args.mask_size, images_per_shard=args.images_per_shard,
-                    num_workers=args.workers, skip_bad=args.skip_bad)
+                    num_workers=args.workers, skip_bad=args.skip_bad, progress=Progress(quiet=args.quiet))
     except (CocoInputError, RecordsMismatch) as error:
         parser.exit(1, f"{parser.prog}: {error}\n")
     return 0

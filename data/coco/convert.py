@@ -25,6 +25,7 @@ import time
 
 from data.coco.annotations import CocoInputError, load_instances
 from data.errors import UserError
+from data.progress import as_progress
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,7 +60,7 @@ def source_fingerprint(ann_path, sha1):
 
 
 def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024, num_workers=None, skip_bad=False,
-            log=None):
+            log=None, progress=None):
     """Converts one COCO-format annotation file + image folder into out_dir; returns the manifest dict.
 
     Resumes a conversion of the same file and settings that was stopped; refuses
@@ -67,7 +68,9 @@ def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024
     records are finished (after waiting for another process converting them).
     Bad input raises CocoInputError (one line naming the file and id) or, with
     skip_bad, is skipped and counted.
-    log: a function taking one line of progress (default: print to stderr).
+    log: a function taking one line of news (default: print to stderr).
+    progress: a data.progress.Progress for the images converted (None: shown on stderr);
+    it counts as each shard is finished.
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     os.makedirs(out_dir, exist_ok=True)
@@ -78,10 +81,11 @@ def convert(ann_path, image_dir, out_dir, *, mask_size=56, images_per_shard=1024
         if os.path.exists(os.path.join(out_dir, MANIFEST)):
             log(f"{out_dir} holds finished records already")
             return _read_json(os.path.join(out_dir, MANIFEST))
-        return _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log)
+        return _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log,
+                        as_progress(progress))
 
 
-def _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log):
+def _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_workers, skip_bad, log, progress):
     started = time.perf_counter()
     index = load_instances(ann_path, image_dir, skip_bad=skip_bad)
     if not index.images:
@@ -105,14 +109,10 @@ def _convert(ann_path, image_dir, out_dir, mask_size, images_per_shard, num_work
     workers = min(num_workers or len(os.sched_getaffinity(0)), len(tasks)) or 1
     log(f"converting {ann_path}: {len(index.images)} images in {num_shards} shards to {out_dir}"
         + (f" ({done} already done)" if done else "") + f", {workers} process(es)")
-    converted_instances, converted_shards, convert_start = 0, 0, time.perf_counter()
-    for stats in _run(tasks, workers):
-        converted_instances += stats["num_instances"]
-        converted_shards += 1
-        elapsed = time.perf_counter() - convert_start
-        left = elapsed / converted_shards * (len(tasks) - converted_shards)
-        log(f"  {done + converted_shards}/{num_shards} shards, {converted_instances} instances at "
-            f"{converted_instances / max(elapsed, 1e-9):.0f}/s" + (f", about {left / 60:.1f} min left" if left else ""))
+    done_images = len(index.images) - sum(len(task.images) for task in tasks)
+    with progress.bar(len(index.images), "converting", initial=done_images) as bar:
+        for stats in _run(tasks, workers):
+            bar.update(stats["num_images"] + stats["dropped"]["bad_images_skipped"])  # every image of the shard
     shards = [_read_json(os.path.join(out_dir, shard_name(s, num_shards) + ".json")) for s in range(num_shards)]
     manifest = dict(plan, source=source_fingerprint(ann_path, index.sha1), categories=CATEGORIES, shards=shards,
                     skipped_in_json=dict(index.skipped), num_images=sum(s["num_images"] for s in shards),

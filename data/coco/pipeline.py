@@ -69,7 +69,7 @@ class CocoSplit:
 
 
 def read_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_without_annotations=False,
-              skip_bad=False, in_memory=False, records_dir=None):
+              skip_bad=False, in_memory=False, records_dir=None, progress=None):
     """Read the split DATA_DIR/annotations/instances_{split}2017.json + DATA_DIR/{split}2017/.
 
     By default through records (data.coco.records.open_coco): the first use
@@ -87,12 +87,14 @@ def read_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_w
     usable instance. iscrowd annotations are not instances: they are kept as
     crowd_boxes. Bad input (data.coco.annotations) raises CocoInputError, one line naming
     the file and the id, or with skip_bad=True is skipped and counted.
+    progress: the first use's conversion's data.progress.Progress (None: shown on stderr).
     """
     if not in_memory:
         from data.coco.records import open_coco
 
         return open_coco(data_dir, split, mask_size=mask_size, max_instances=max_instances, skip_bad=skip_bad,
-                         skip_images_without_annotations=skip_images_without_annotations, records_dir=records_dir)
+                         skip_images_without_annotations=skip_images_without_annotations, records_dir=records_dir,
+                         progress=progress)
     ann_path, image_dir = split_paths(data_dir, split)
     index = load_instances(ann_path, image_dir, skip_bad=skip_bad)
     for image in index.images:

@@ -145,13 +145,14 @@ def default_records_dir(data_dir, split, mask_size, parent=None):
 
 
 def open_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_without_annotations=False,
-              skip_bad=False, records_dir=None, num_workers=None):
+              skip_bad=False, records_dir=None, num_workers=None, progress=None):
     """The records of DATA_DIR's split (official layout), converting them first if they are not there.
 
     records_dir: where they are (default DATA_DIR/records/{split}2017_mask{S}).
     The first use converts with a message (minutes for COCO train2017); later
     uses check the annotation file is the one converted (size and mtime, else
-    its sha1) and open the manifest.
+    its sha1) and open the manifest. progress: the conversion's data.progress.Progress
+    (None: shown on stderr).
     """
     ann_path, image_dir = split_paths(data_dir, split)
     records_dir = records_dir or default_records_dir(data_dir, split, mask_size)
@@ -161,7 +162,7 @@ def open_coco(data_dir, split, *, mask_size=56, max_instances=100, skip_images_w
               f"`python -m data.coco prepare {data_dir}` does this ahead)", file=sys.stderr, flush=True)
         try:
             convert(ann_path, image_dir, records_dir, mask_size=mask_size, num_workers=num_workers,
-                    skip_bad=skip_bad)
+                    skip_bad=skip_bad, progress=progress)
         except PermissionError as error:
             raise PermissionError(f"cannot write COCO records to {records_dir} ({error.strerror}): "
                                   f"convert elsewhere with python -m data.coco prepare --out DIR") from None

@@ -15,7 +15,7 @@ import os
 
 from models.convert import provenance
 
-# SOURCE -> (module, function). The function takes the checkpoint's path and returns the keras.Model
+# SOURCE -> (module, function). The function takes the checkpoint's path (and progress=) and returns the keras.Model
 # holding its weights, or raises models.convert.torch_reader.CheckpointMismatch. Modules are imported
 # only for the SOURCE asked for (torch is imported by them).
 CONVERTERS = {
@@ -27,10 +27,13 @@ CONVERTERS = {
 }
 
 
-def convert(source, checkpoint):
-    """The keras.Model holding the weights of `checkpoint` (a path), read as SOURCE (a CONVERTERS key) publishes it."""
+def convert(source, checkpoint, *, progress=None):
+    """The keras.Model holding the weights of `checkpoint` (a path), read as SOURCE (a CONVERTERS key) publishes it.
+
+    progress: a data.progress.Progress over the checkpoint's tensors as they are assigned (None: shown on stderr).
+    """
     module_name, function_name = CONVERTERS[source]
-    return getattr(importlib.import_module(module_name), function_name)(checkpoint)
+    return getattr(importlib.import_module(module_name), function_name)(checkpoint, progress=progress)
 
 
 

@@ -9,6 +9,7 @@ keras.saving.load_model(OUT, safe_mode=True), without torch.
 import argparse
 import os
 
+from data.progress import Progress, add_quiet_flag
 from models.convert import CONVERTERS, convert
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +21,7 @@ def build_parser():
     parser.add_argument("checkpoint", help="the PyTorch checkpoint (.pth) as its project publishes it")
     parser.add_argument("out", help="the .keras file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_quiet_flag(parser)
     return parser
 
 
@@ -36,7 +38,7 @@ def main(argv=None):
     from models.convert.torch_reader import CheckpointMismatch
 
     try:
-        model = convert(args.source, args.checkpoint)
+        model = convert(args.source, args.checkpoint, progress=Progress(quiet=args.quiet))
     except CheckpointMismatch as error:
         message = str(error)
         raise SystemExit(message if message.startswith(str(args.checkpoint)) else f"{args.checkpoint}: {message}")

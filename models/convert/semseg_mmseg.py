@@ -64,24 +64,26 @@ _MMSEG = _Source("mmsegmentation", "mmseg", "backbone.", "backbone.stem.", {
 })
 
 
-def convert_semseg(checkpoint):
+def convert_semseg(checkpoint, *, progress=None):
     """hszhao/semseg PSPNet checkpoint (.pth) -> PSPNet(layout="semseg") keras.Model holding its weights.
 
     Raises CheckpointMismatch (one line naming the file) for a checkpoint that does not fit.
+    progress: a data.progress.Progress over the tensors assigned (None: shown on stderr).
     """
-    return _convert(checkpoint, _SEMSEG)
+    return _convert(checkpoint, _SEMSEG, progress)
 
 
-def convert_mmseg(checkpoint):
+def convert_mmseg(checkpoint, *, progress=None):
     """mmsegmentation PSPNet R-50/101-D8 checkpoint (.pth) -> PSPNet(layout="mmseg" or "mmseg_769x769") keras.Model.
 
     Raises CheckpointMismatch (one line naming the file) for a checkpoint that does not fit.
+    progress: a data.progress.Progress over the tensors assigned (None: shown on stderr).
     """
-    return _convert(checkpoint, _MMSEG)
+    return _convert(checkpoint, _MMSEG, progress)
 
 
-def _convert(checkpoint, source):
-    state, meta = read_state_dict(checkpoint)
+def _convert(checkpoint, source, progress):
+    state, meta = read_state_dict(checkpoint, progress=progress)
     layout = _mmseg_layout(meta, checkpoint) if source is _MMSEG else source.layout
     classifier_key = source.head_keys["head_classifier"] + ".weight"
     if classifier_key not in state:

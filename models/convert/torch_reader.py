@@ -17,6 +17,7 @@ running_var are Keras's gamma / beta / moving_mean / moving_variance.
 import numpy as np
 
 from data.errors import UserError
+from data.progress import as_progress
 
 
 class CheckpointMismatch(UserError, ValueError):
@@ -29,13 +30,21 @@ class StateDict:
     Args:
       tensors: {key: array}.
       source: the checkpoint's file name, for error messages.
+      progress: a data.progress.Progress counting the tensors as they are used (None: shown on stderr);
+        check_all_used ends it.
     """
 
-    def __init__(self, tensors, source):
+    def __init__(self, tensors, source, progress=None):
         self.tensors = tensors
         self.source = source
         self.used = set()
         self.missing = []
+        self.bar = as_progress(progress).bar(len(tensors), "assigning weights", unit="tensor")
+
+    def _mark_used(self, keys):
+        new = set(keys) - self.used
+        self.used.update(new)
+        self.bar.update(len(new))
 
     def __contains__(self, key):
         return key in self.tensors
@@ -45,20 +54,22 @@ class StateDict:
         if key not in self.tensors:
             self.missing.append(key)
             return None
-        self.used.add(key)
+        self._mark_used([key])
         return self.tensors[key]
 
     def ignore(self, predicate):
         """Marks keys the model has no use for (e.g. BatchNorm's num_batches_tracked) as used."""
-        self.used.update(k for k in self.tensors if predicate(k))
+        self._mark_used(k for k in self.tensors if predicate(k))
 
     def check_all_used(self):
         """Raises CheckpointMismatch listing missing and unexpected keys, if any."""
         unexpected = sorted(set(self.tensors) - self.used)
         if self.missing or unexpected:
+            self.bar.abandon()
             raise CheckpointMismatch(
                 f"{self.source}: checkpoint does not match the model: "
                 f"missing keys {_abbreviate(self.missing)}; unexpected keys {_abbreviate(unexpected)}.")
+        self.bar.close()
 
 
 def _abbreviate(keys, limit=8):
@@ -67,12 +78,13 @@ def _abbreviate(keys, limit=8):
     return f"[{shown}{f', ... ({len(keys)} in all)' if len(keys) > limit else ''}]"
 
 
-def read_state_dict(path, *, strip_prefixes=("module.",)):
+def read_state_dict(path, *, strip_prefixes=("module.",), progress=None):
     """Loads a PyTorch checkpoint without running code (torch.load(weights_only=True)).
 
     Accepts a bare state dict or one wrapped as {"state_dict": ...} or {"model": ...}
     (semseg, mmsegmentation, detectron2-style training checkpoints). Each key
     loses the first of `strip_prefixes` it starts with (DataParallel's "module.").
+    progress: the StateDict's (its tensors counted as they are assigned).
 
     Returns:
       (StateDict, meta): the tensors, and the checkpoint's other top-level
@@ -104,7 +116,7 @@ def read_state_dict(path, *, strip_prefixes=("module.",)):
                 key = key[len(prefix):]
                 break
         tensors[key] = value.detach().to(torch.float32).numpy() if value.is_floating_point() else value.numpy()
-    return StateDict(tensors, str(path)), meta
+    return StateDict(tensors, str(path), progress), meta
 
 
 def _assign(layer, values, keys):

@@ -124,13 +124,14 @@ def _load_maskrcnn(model, state, variant):
     set_conv(mask.predict, state, "roi_heads.mask_predictor.mask_fcn_logits")
 
 
-def convert_maskrcnn(in_path, *, variant="v1"):
+def convert_maskrcnn(in_path, *, variant="v1", progress=None):
     """torchvision maskrcnn_resnet50_fpn (variant "v1") or _v2 ("v2") state dict -> a build_mask_rcnn model.
 
     Raises models.convert.torch_reader.CheckpointMismatch (missing / unexpected keys
     listed) for a checkpoint of another model. models.convert saves the result.
+    progress: a data.progress.Progress over the tensors assigned (None: shown on stderr).
     """
-    state, _ = read_state_dict(in_path)
+    state, _ = read_state_dict(in_path, progress=progress)
     _rename_old_keys(state)
     model = build_mask_rcnn(len(COCO_CATEGORIES), variant=variant,
                             category_ids=[c for c, _ in COCO_CATEGORIES], category_names=[n for _, n in COCO_CATEGORIES])
@@ -139,20 +140,20 @@ def convert_maskrcnn(in_path, *, variant="v1"):
     return model
 
 
-def convert_maskrcnn_v2(in_path):
+def convert_maskrcnn_v2(in_path, *, progress=None):
     """torchvision maskrcnn_resnet50_fpn_v2 state dict -> a build_mask_rcnn(variant="v2") model."""
-    return convert_maskrcnn(in_path, variant="v2")
+    return convert_maskrcnn(in_path, variant="v2", progress=progress)
 
 
-def convert_resnet50(in_path):
+def convert_resnet50(in_path, *, progress=None):
     """torchvision's ImageNet ResNet-50 state dict -> the detector's backbone, a build_resnet model in `out_path`.
 
     The model: build_resnet(50, stem="standard", stride_on="3x3", bn_epsilon=1e-5,
     output_stride=32) named "backbone" (the name of the detector's backbone
     inside its "fpn" model), images [B, H, W, 3] normalised -> {"C2".."C5"}.
-    The classifier (fc.*) is not part of it and is left out.
+    The classifier (fc.*) is not part of it and is left out. progress: as convert_maskrcnn.
     """
-    state, _ = read_state_dict(in_path)
+    state, _ = read_state_dict(in_path, progress=progress)
     state.ignore(lambda key: key.startswith("fc."))
     backbone = build_resnet(50, stem="standard", stride_on="3x3", bn_epsilon=TORCHVISION_BN_EPSILON,
                             output_stride=32, name="backbone")

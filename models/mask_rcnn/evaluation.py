@@ -31,7 +31,7 @@ def _load_detector(checkpoint):
 
 
 def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
-                     short_side=None, long_side=None, max_images=0):
+                     short_side=None, long_side=None, max_images=0, progress=None):
     """COCO AP of a Mask R-CNN checkpoint on one split; writes results and metrics.json, prints them; returns metrics.
 
     boxes="detector": the detector from raw images; writes
@@ -46,8 +46,10 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     Images are resized as in training (loading.inference_sizes: short_side,
     long_side, else the run's config.json, else 800 / 1333). max_images: the
     first N only (0 = all). metrics also holds boxes, images, detections (and
-    class_source for boxes="gt"). User errors raise SystemExit or
-    CheckpointError, one line naming the file and the evaluate.py flag.
+    class_source for boxes="gt"). progress: a data.progress.Progress for the
+    images (and a first use's conversion of the split); None: shown on stderr.
+    User errors raise SystemExit or CheckpointError, one line naming the file and
+    the evaluate.py flag.
     """
     from data import coco
     from data.coco.results import bbox_results, evaluate_results
@@ -57,21 +59,24 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
 
     detector = _load_detector(checkpoint)
     try:
-        split_data = coco.read_coco(data_dir, split)
+        split_data = coco.read_coco(data_dir, split, progress=progress)
     except FileNotFoundError as error:
         raise SystemExit(f"--data {data_dir}: {error}")
     sizes = inference_sizes(checkpoint, short_side, long_side)
     dataset = coco.make_dataset(split_data, batch_size=1, training=False, **sizes)
+    total = split_data.num_images if hasattr(split_data, "num_images") else len(split_data.records)
     if max_images:
         dataset = dataset.take(max_images)
+        total = min(total, max_images)
     os.makedirs(out_dir, exist_ok=True)
     categories = ModelCategories(detector)
     if boxes == "gt":
-        predictions = predict_oracle_masks(oracle_heads_model(detector), dataset, class_source=class_source)
+        predictions = predict_oracle_masks(oracle_heads_model(detector), dataset, class_source=class_source,
+                                           progress=progress, total=total)
         results = {"segm": coco.segm_results(predictions, categories)}
         metrics = coco.evaluate_segm(split_data.coco, results["segm"])
     else:
-        predictions = detect_dataset(detector, dataset)
+        predictions = detect_dataset(detector, dataset, progress=progress, total=total)
         results = {"bbox": bbox_results(predictions, categories), "segm": coco.segm_results(predictions, categories)}
         metrics = {}
         for iou_type, found in results.items():

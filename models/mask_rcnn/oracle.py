@@ -42,7 +42,7 @@ def oracle_heads_model(detector):
                         "scores": scores, "masks": masks}, name=f"{detector.name}_oracle")
 
 
-def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=0.5):
+def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=0.5, progress=None, total=None):
     """Masks for the ground-truth boxes of every image of an evaluation dataset.
 
     model: oracle_heads_model(detector).
@@ -55,7 +55,10 @@ def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=
     pixels of the original image, masks a PastedMasks of N masks at the original
     image size (H, W) (.dense() [N, H, W] bool, .rle() COCO RLEs, as
     data.coco.segm_results takes them), class_ids [N] int32 (1..K), scores [N] float32.
+    progress: a data.progress.Progress (None: shown on stderr), over `total` images (None: unknown).
     """
+    from data.progress import as_progress
+
     if class_source not in ("predicted", "ground_truth"):
         raise ValueError(f'class_source must be "predicted" or "ground_truth", got {class_source!r}')
 
@@ -64,23 +67,25 @@ def predict_oracle_masks(model, dataset, *, class_source="predicted", threshold=
         return model({"image": detector_inputs(batch)["images"], "rois": batch["boxes"]}, training=False)
 
     predictions = []
-    for batch in dataset:
-        outputs = run({key: batch[key] for key in ("image", "original_size", "image_size", "boxes")})
-        if class_source == "predicted":
-            class_ids, scores, masks = outputs["class_ids"], outputs["scores"], outputs["masks"]
-        else:
-            class_ids = batch["class_ids"]
-            probs = tf.nn.softmax(outputs["class_logits"], axis=-1)
-            scores = tf.gather(probs, class_ids, axis=-1, batch_dims=2)
-            masks = pick_mask_channel(outputs["mask_logits"], class_ids)
-        for b in range(int(tf.shape(batch["image"])[0])):
-            n = int(batch["num_instances"][b])
-            original = batch["original_size"][b].numpy()
-            ratio = tf.cast(tf.tile(original / batch["image_size"][b].numpy(), [2]), tf.float32)
-            boxes = (batch["boxes"][b, :n] * ratio).numpy()
-            predictions.append({
-                "image_id": int(batch["image_id"][b]), "boxes": boxes,
-                "masks": paste_masks(masks[b, :n], boxes, (int(original[0]), int(original[1])), threshold),
-                "class_ids": class_ids[b, :n].numpy().astype(np.int32),
-                "scores": scores[b, :n].numpy().astype(np.float32)})
+    with as_progress(progress).bar(total, "evaluating") as bar:
+        for batch in dataset:
+            outputs = run({key: batch[key] for key in ("image", "original_size", "image_size", "boxes")})
+            if class_source == "predicted":
+                class_ids, scores, masks = outputs["class_ids"], outputs["scores"], outputs["masks"]
+            else:
+                class_ids = batch["class_ids"]
+                probs = tf.nn.softmax(outputs["class_logits"], axis=-1)
+                scores = tf.gather(probs, class_ids, axis=-1, batch_dims=2)
+                masks = pick_mask_channel(outputs["mask_logits"], class_ids)
+            for b in range(int(tf.shape(batch["image"])[0])):
+                n = int(batch["num_instances"][b])
+                original = batch["original_size"][b].numpy()
+                ratio = tf.cast(tf.tile(original / batch["image_size"][b].numpy(), [2]), tf.float32)
+                boxes = (batch["boxes"][b, :n] * ratio).numpy()
+                predictions.append({
+                    "image_id": int(batch["image_id"][b]), "boxes": boxes,
+                    "masks": paste_masks(masks[b, :n], boxes, (int(original[0]), int(original[1])), threshold),
+                    "class_ids": class_ids[b, :n].numpy().astype(np.int32),
+                    "scores": scores[b, :n].numpy().astype(np.float32)})
+            bar.update(int(tf.shape(batch["image"])[0]))
     return predictions

@@ -30,23 +30,29 @@ class ModelCategories:
         return np.asarray(self.coco_ids, np.int64)[np.asarray(class_ids, np.int64) - 1]
 
 
-def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5):
+def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5, progress=None, total=None):
     """Detections of every image of a data.coco.make_dataset(..., training=False) dataset.
 
     Images are resized, normalised and padded as the pipeline's image_size says
     (transform.detector_inputs, the transform detect uses); boxes and masks come
     back in each original image's pixels (transform.in_original_pixels, as
     transform.detect does for photos).
+    progress: a data.progress.Progress (None: shown on stderr), over `total` images (None: unknown).
     Returns a list, one dict per image: image_id int and the module's detection fields.
     """
+    from data.progress import as_progress
+
     predictions = []
-    for batch in dataset:
-        inputs = detector_inputs(batch)
-        outputs = run_graph(detector, inputs["images"], inputs["image_sizes"])
-        for b, (resized, original) in enumerate(zip(batch["image_size"].numpy(), batch["original_size"].numpy())):
-            detection = in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
-                                           mask_threshold=mask_threshold)
-            predictions.append({"image_id": int(batch["image_id"][b]), **detection})
+    with as_progress(progress).bar(total, "evaluating") as bar:
+        for batch in dataset:
+            inputs = detector_inputs(batch)
+            outputs = run_graph(detector, inputs["images"], inputs["image_sizes"])
+            for b, (resized, original) in enumerate(zip(batch["image_size"].numpy(),
+                                                        batch["original_size"].numpy())):
+                detection = in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
+                                               mask_threshold=mask_threshold)
+                predictions.append({"image_id": int(batch["image_id"][b]), **detection})
+                bar.update()
     return predictions
 
 
@@ -85,47 +91,42 @@ def draw_detections(rgb, detection, names, *, alpha=0.5):
 
 
 def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, score_threshold=0.5, alpha=0.5,
-                  overwrite=False, skip_bad=False):
+                  overwrite=False, skip_bad=False, progress=None):
     """predict.py --model mask_rcnn: an overlay per image and one detections.json for all.
 
     Writes OUT/NAME_overlay.png (draw_detections) for each image NAME and
     OUT/detections.json in the COCO results format (the category ids the model
     carries, bbox [x, y, w, h], the mask's RLE, score; image_id numbers the
-    images from 1 in order, file_name names them). Existing outputs are refused
-    unless overwrite. A bad image raises data.images.BadImageError, or with
-    skip_bad is skipped with a warning and counted.
+    images from 1 in order, file_name names them). The loop is
+    data.image_files.predict_over_images: existing outputs are refused
+    (UsageError) unless overwrite; a bad image raises data.images.BadImageError,
+    or with skip_bad is skipped with a warning and counted; progress: a
+    data.progress.Progress (None: shown on stderr).
     Returns the overlay paths written.
     """
     import os
 
-    from data import cli, images
+    from data import images
     from data.coco import segm_results, write_results
     from data.coco.results import bbox_results
+    from data.image_files import predict_over_images
 
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    targets = [os.path.join(out_dir, f"{stem}_overlay.png") for stem in stems]
-    json_path = os.path.join(out_dir, "detections.json")
-    for target in targets + [json_path]:
-        if not overwrite and os.path.exists(target):
-            raise cli.UsageError(f"{target}: exists already; pass --overwrite or another --out")
     categories = ModelCategories(detector)
-    os.makedirs(out_dir, exist_ok=True)
-    results, written, skipped = [], [], 0
-    for image_id, (path, target) in enumerate(zip(paths, targets), start=1):
-        rgb = cli.read_image_or_skip(path, skip_bad)
-        if rgb is None:
-            skipped += 1
-            continue
+    results = []
+
+    def work(image_id, path, rgb, targets):
         detection = detect(detector, [rgb], min_size=min_size, max_size=max_size, score_threshold=score_threshold)[0]
-        images.write_png(target, draw_detections(rgb, detection, categories.names, alpha=alpha))
-        written.append(target)
+        images.write_png(targets["overlay"], draw_detections(rgb, detection, categories.names, alpha=alpha))
         found = dict(detection, image_id=image_id)
         # One entry per detection: its box, its mask and its score together.
         for box, mask in zip(bbox_results([found], categories), segm_results([found], categories)):
             results.append({**box, "segmentation": mask["segmentation"], "file_name": os.path.basename(path)})
-        print(f"{path}: {len(detection['class_ids'])} detection(s) scoring >= {score_threshold}")
+        return f"{path}: {len(detection['class_ids'])} detection(s) scoring >= {score_threshold}"
+
+    json_name = "detections.json"
+    done = predict_over_images(paths, out_dir, ("overlay",), work, shared=(json_name,), overwrite=overwrite,
+                               skip_bad=skip_bad, progress=progress)
+    json_path = os.path.join(out_dir, json_name)
     write_results(json_path, results)
-    if skipped:
-        cli.warn(f"skipped {skipped} of {len(paths)} images that could not be read (--skip-bad)")
-    print(f"wrote {len(written)} overlay(s) and {json_path} to {out_dir}")
-    return written
+    print(f"wrote {len(done)} overlay(s) and {json_path} to {out_dir}")
+    return [targets["overlay"] for _, targets in done]

@@ -112,7 +112,7 @@ def plot_confusion(confusion, class_names, path):
 
 
 def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", crop_size=(713, 713), stride=None,
-                    flip=False, scales=(1.0,), write_predictions=True):
+                    flip=False, scales=(1.0,), write_predictions=True, progress=None, total=None):
     """Scores `model` on an eval dataset and writes predictions; returns the metrics dict.
 
     model: what models.pspnet.inference.predict_logits takes (a PSPNet, or a
@@ -122,25 +122,29 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     mode, crop_size, stride, flip, scales: as predict_logits.
     Writes out_dir/metrics.json and confusion_matrix.png, and with
     write_predictions the labelIds PNGs and colour previews (module docstring).
+    progress: a data.progress.Progress (None: shown on stderr), over `total` images (None: unknown).
     """
     from data import cityscapes, images
+    from data.progress import as_progress
     from models.pspnet.inference import colorize, predict_classes, predict_logits
 
     scores = SegmentationScores(num_classes)
     os.makedirs(os.path.join(out_dir, "color"), exist_ok=True)
-    for batch in dataset:
-        probabilities = predict_logits(model, batch["image"], mode=mode, crop_size=crop_size, stride=stride,
-                                       flip=flip, scales=scales)
-        predictions = predict_classes(probabilities).numpy()
-        for i, example_id in enumerate(batch["id"].numpy()):
-            example_id = example_id.decode()
-            scores.update(batch["label"][i].numpy(), predictions[i])
-            if write_predictions:
-                images.write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
-                                 cityscapes.to_label_ids(predictions[i]))
-                # Named so that the official evaluator's "<city>_<seq>_<frame>*.png" search skips it.
-                images.write_png(os.path.join(out_dir, "color", f"color_{example_id}.png"),
-                                 colorize(predictions[i], cityscapes.CLASS_COLORS))
+    with as_progress(progress).bar(total, "evaluating") as bar:
+        for batch in dataset:
+            probabilities = predict_logits(model, batch["image"], mode=mode, crop_size=crop_size, stride=stride,
+                                           flip=flip, scales=scales)
+            predictions = predict_classes(probabilities).numpy()
+            for i, example_id in enumerate(batch["id"].numpy()):
+                example_id = example_id.decode()
+                scores.update(batch["label"][i].numpy(), predictions[i])
+                if write_predictions:
+                    images.write_png(os.path.join(out_dir, f"{example_id}_pred_labelIds.png"),
+                                     cityscapes.to_label_ids(predictions[i]))
+                    # Named so that the official evaluator's "<city>_<seq>_<frame>*.png" search skips it.
+                    images.write_png(os.path.join(out_dir, "color", f"color_{example_id}.png"),
+                                     colorize(predictions[i], cityscapes.CLASS_COLORS))
+                bar.update()
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -150,7 +154,7 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
 
 
 def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=False, sliding=False, crop_size=713,
-                           flip=False, scales=(1.0,), max_images=0, skip_bad=False):
+                           flip=False, scales=(1.0,), max_images=0, skip_bad=False, progress=None):
     """Evaluates a .keras PSPNet on a Cityscapes split into out_dir; prints the scores; returns the metrics dict.
 
     data_dir: the Cityscapes root (leftImg8bit/, gtFine/), or with tfds the
@@ -160,6 +164,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     skip_bad: examples with an unreadable image or label are left out with a
     warning each and a count at the end. Writes into out_dir what
     evaluate_pspnet writes (replacing earlier files of the same names).
+    progress: a data.progress.Progress (None: shown on stderr).
     User errors (a wrong data_dir, a bad checkpoint or image) raise SystemExit,
     models.checkpoints.CheckpointError or data.images.BadImageError, one line
     naming the file and the evaluate.py flag.
@@ -167,6 +172,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     import tensorflow as tf
 
     from data import cityscapes, cli
+    from data.progress import dataset_length
     from models.pspnet.inference import load_inference_model
 
     skipped = []
@@ -178,13 +184,15 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
         except FileNotFoundError as error:
             raise SystemExit(f"--data: {error}")
     model = load_inference_model(checkpoint)  # after the data: a wrong data_dir is found in seconds
+    total = dataset_length(elements)
     dataset = cityscapes.eval_pipeline(elements, batch_size=1)
     if max_images:
         dataset = dataset.take(max_images)
+        total = None if total is None else min(total, max_images)
     try:
         metrics = evaluate_pspnet(model, dataset, out_dir, num_classes=model.output.shape[-1],
                                   mode="sliding" if sliding else "whole", crop_size=crop_size, flip=flip,
-                                  scales=scales)
+                                  scales=scales, progress=progress, total=total)
     except tf.errors.InvalidArgumentError as error:
         examples = None
         if not tfds:
