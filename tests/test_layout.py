@@ -71,10 +71,12 @@ def _cycles(graph):
                 low[node] = min(low[node], order[other])
         if low[node] == order[node]:
             group = set()
-            while not group or member != node:
+            while True:
                 member = stack.pop()
                 on_stack.discard(member)
                 group.add(member)
+                if member == node:
+                    break
             if len(group) > 1:
                 groups.append(sorted(group))
 

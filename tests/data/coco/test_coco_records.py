@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from test_coco import _bilinear_crop_reference
 
 from data import coco as coco_data
-from data.coco import command as coco_command, convert as coco_convert, records as coco_records
+from data.coco import convert as coco_convert, records as coco_records
 from data.samples.coco import write_coco_sample
 
 SIZE = (96, 128)
