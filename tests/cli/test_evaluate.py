@@ -12,25 +12,11 @@ from cityscapesscripts.helpers.labels import labels as official_labels
 
 import evaluate
 from data.normalization import INPUT_MEAN, INPUT_STD
-from cityscapes_fixtures import official_train_ids, write_split
+from cityscapes_fixtures import official_train_ids, reference_scores, write_split
 from data import cityscapes
 from models.pspnet.evaluation import SegmentationScores, evaluate_pspnet
 
 C = 19
-
-
-def _reference_scores(gt, pred, num_classes):
-    """Per-class TP/FP/FN by boolean masks (no confusion matrix), pixels with gt 255 skipped."""
-    keep = gt != 255
-    gt, pred = gt[keep], pred[keep]
-    ious = []
-    for c in range(num_classes):
-        tp = np.sum((gt == c) & (pred == c))
-        fp = np.sum((gt != c) & (pred == c))
-        fn = np.sum((gt == c) & (pred != c))
-        ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
-    acc = [np.mean(pred[gt == c] == c) for c in range(num_classes) if np.any(gt == c)]
-    return np.array(ious), float(np.mean(gt == pred)), float(np.mean(acc))
 
 
 def test_scores_equal_per_class_counts_over_several_images():
@@ -45,7 +31,7 @@ def test_scores_equal_per_class_counts_over_several_images():
         scores.update(gt, pred)
         gts.append(gt)
         preds.append(pred)
-    iou, pixel_acc, class_acc = _reference_scores(np.concatenate(gts), np.concatenate(preds), C)
+    iou, pixel_acc, class_acc = reference_scores(np.concatenate(gts), np.concatenate(preds), C)
     np.testing.assert_allclose(scores.per_class_iou(), iou, rtol=1e-12)
     assert np.isnan(scores.per_class_iou()[14:]).all() and scores.per_class_iou()[12] == 0.0
     assert scores.mean_iou() == pytest.approx(np.nanmean(iou), rel=1e-12)
@@ -132,9 +118,13 @@ def test_cli_on_a_checkpoint_writes_everything_and_refuses_to_overwrite(tmp_path
     gt = np.concatenate([train_id[ids].ravel() for _, ids in written])
     pred = np.concatenate([train_id[np.array(Image.open(os.path.join(out, f"{i}_pred_labelIds.png")))].ravel()
                            for i, _ in written])
-    ious, _, _ = _reference_scores(gt, pred, C)
+    ious, _, _ = reference_scores(gt, pred, C)
     assert metrics["mIoU"] == pytest.approx(np.nanmean(ious), abs=1e-9)
-    assert 0.0 <= metrics["mIoU"] <= 1.0 and len(metrics["per_class_iou"]) == C
+    class_names = [label.name for label in sorted(official_labels, key=lambda label: label.trainId)
+                   if 0 <= label.trainId < C]
+    assert list(metrics["per_class_iou"]) == class_names
+    np.testing.assert_allclose([np.nan if v is None else v for v in metrics["per_class_iou"].values()], ious,
+                               rtol=1e-12)  # NaN (absent class) only where the counts have none
     names = os.listdir(out)
     assert sum(n.endswith("_pred_labelIds.png") for n in names) == 2
     assert sorted(os.listdir(os.path.join(out, "color"))) == sorted(

@@ -15,8 +15,7 @@ def test_sigmoid_matches_formula_and_saturates_cleanly():
     got = losses.sigmoid(x).numpy()
     with np.errstate(over="ignore"):  # exp(1000) = inf gives the right limit 0
         want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-30)
-    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-30)  # a NaN or inf fails here too
 
 
 def test_softmax_matches_formula_sums_to_one_and_survives_huge_logits():
@@ -25,8 +24,7 @@ def test_softmax_matches_formula_sums_to_one_and_survives_huge_logits():
     got = losses.softmax(x).numpy()
     want = np.exp(x - logsumexp(x.astype(np.float64))[:, None])
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
-    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)  # tighter than the elementwise rtol above
 
 
 def test_softmax_along_another_axis():

@@ -205,17 +205,43 @@ def test_a_mask_head_step_changes_only_the_mask_head(split):
     assert logs["loss"] == pytest.approx(logs["mask_loss"])  # the stage minimises the mask loss only
 
 
-def test_ground_truth_rois_for_the_mask_head_and_an_image_without_objects(split):
+def test_ground_truth_rois_for_the_mask_head_and_an_image_without_objects(split, monkeypatch):
+    """The second image loses its objects: its sampled RoIs are all background, and the step's mask loss is that
+    of the first image's positives alone, recomputed from the step's own sample (the detector's RoIAlign and
+    mask head at the weights before the step, BCE from logits in NumPy float64)."""
     trainer = _trainer(split, "mask_head")
     trainer.mask_rois = "gt"
+    trainer.run_eagerly = True  # the sample recorded below holds values, not graph tensors
     batch = dict(_batch(split))
-    # The second image loses its objects: it brings background RoIs only, and no NaN.
     for key in ("boxes", "class_ids", "crowd_boxes"):
         value = batch[key].numpy().copy()
         value[1] = 0
         batch[key] = value
+    sampled = {}
+
+    def recording(*args, **kwargs):  # box_head_targets, its sample kept for the reference
+        sampled.update(box_head_targets(*args, **kwargs))
+        return dict(sampled)
+
+    box_head_targets = detector_trainer.box_head_targets
+    monkeypatch.setattr(detector_trainer, "box_head_targets", recording)
+    initial = trainer.detector.get_weights()
     logs = trainer.train_on_batch(batch, return_dict=True)
-    assert all(np.isfinite(v) for v in logs.values()) and logs["mask_loss"] > 0
+    assert all(np.isfinite(v) for v in logs.values()), logs
+
+    trainer.detector.set_weights(initial)
+    class_ids = sampled["class_ids"].numpy()
+    positive = class_ids > 0
+    assert positive[0].any() and not positive[1].any()
+    pyramid = trainer.stages["fpn"](detector_inputs(batch)["images"], training=True)
+    features = trainer.stages["mask_roi_align"]([sampled["rois"], *(pyramid[f"P{k}"] for k in range(2, 6))])
+    logits = trainer.stages["mask_head"](features, training=True).numpy().astype(np.float64)
+    targets = mask_targets(batch["masks"], batch["boxes"], sampled["rois"], sampled["gt_index"],
+                           logits.shape[2]).numpy()
+    x = np.take_along_axis(logits, class_ids[..., None, None, None], axis=-1)[..., 0][positive]
+    y = targets[positive]
+    expected = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+    np.testing.assert_allclose(logs["mask_loss"], expected, rtol=1e-5)
 
 
 def test_trainer_round_trips_and_init_from_copies_weights(split, tmp_path):

@@ -44,19 +44,30 @@ def _main(model, x):
     return model(x)["main"].numpy()
 
 
+def _window_starts(size, crop, stride):
+    """The documented grid along one axis, built window by window: the first window at 0, then one more
+    `stride` further on as long as the last one ends before the image does (the fewest windows at multiples of
+    stride that cover the image). Written as a loop on purpose, not as the closed-form count the code uses.
+
+    (Not semseg's or mmsegmentation's grid: both move the last window back inside the image instead of padding
+    past it, and semseg pads a small image on both sides, so their windows differ from the documented ones.)"""
+    starts = [0]
+    while starts[-1] + crop < size:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
 def _numpy_sliding(model, images, crop, stride):
     """Loop over the documented window grid: windows at multiples of stride, zero
-    padding at the bottom/right up to the last full window."""
+    padding at the bottom/right up to the last full window; float64 averaging."""
     b, h, w, _ = images.shape
-    rows = 1 + -(-max(h - crop[0], 0) // stride[0])
-    cols = 1 + -(-max(w - crop[1], 0) // stride[1])
-    ph, pw = crop[0] + (rows - 1) * stride[0], crop[1] + (cols - 1) * stride[1]
+    rows, cols = _window_starts(h, crop[0], stride[0]), _window_starts(w, crop[1], stride[1])
+    ph, pw = rows[-1] + crop[0], cols[-1] + crop[1]
     padded = np.zeros((b, ph, pw, 3), np.float32)
     padded[:, :h, :w] = images
     total, count = None, np.zeros((ph, pw))
-    for r in range(rows):
-        for c in range(cols):
-            y, x = r * stride[0], c * stride[1]
+    for y in rows:
+        for x in cols:
             p = _softmax64(_main(model, padded[:, y : y + crop[0], x : x + crop[1]]))
             if total is None:
                 total = np.zeros((b, ph, pw, p.shape[-1]))
@@ -96,7 +107,7 @@ def test_sliding_window_equals_whole_image_when_the_window_is_the_image(tiny_psp
 def test_sliding_window_matches_numpy_window_loop(tiny_pspnet, size, crop, stride, window_batch):
     x = _images((2, *size, 3), seed=2)
     got = predict_logits(tiny_pspnet, x, mode="sliding", crop_size=crop, stride=stride, window_batch=window_batch)
-    stride = stride or tuple(-(-2 * c // 3) for c in crop)
+    stride = stride or tuple(int(np.ceil(c * 2 / 3)) for c in crop)  # semseg's test.py: ceil(crop * stride_rate 2/3)
     assert got.shape == (2, *size, 4)
     np.testing.assert_allclose(got.numpy(), _numpy_sliding(tiny_pspnet, x, crop, stride), atol=1e-5)
 
