@@ -6,42 +6,58 @@ SOURCE names the project the checkpoint comes from (models.convert.CONVERTERS). 
 needed only to read IN (torch.load(weights_only=True)); OUT loads with
 keras.saving.load_model(OUT, safe_mode=True), without torch.
 """
-import argparse
 import os
 
+from data import cli
+from data.errors import UsageError
 from models.convert import CONVERTERS, convert
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m models.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", choices=sorted(CONVERTERS), help="where the checkpoint comes from")
     parser.add_argument("checkpoint", help="the PyTorch checkpoint (.pth) as its project publishes it")
     parser.add_argument("out", help="the .keras file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    cli.add_debug_flag(parser)
     return parser
 
 
-def main(argv=None):
-    """Runs the conversion; returns the converted keras.Model. User errors exit with one line."""
-    args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"{args.checkpoint}: no such file (a PyTorch checkpoint, .pth)")
-    if not args.out.endswith(".keras"):
-        raise SystemExit(f"{args.out}: the output must be a .keras file")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise SystemExit(f"{args.out}: exists already; pass --overwrite or another OUT")
+def check_paths(checkpoint, out, overwrite=False):
+    """IN must be a file, OUT a writable .keras path that is free (or overwrite); raises UsageError naming it."""
+    if not os.path.isfile(checkpoint):
+        raise UsageError(f"{checkpoint}: no such file (a PyTorch checkpoint, .pth)")
+    if not out.endswith(".keras"):
+        raise UsageError(f"{out}: the output must be a .keras file")
+    if os.path.exists(out) and not overwrite:
+        raise UsageError(f"{out}: exists already; pass --overwrite or another OUT")
+    cli.check_output_file("OUT", out)
 
+
+def convert_file(source, checkpoint, out):
+    """Converts IN into OUT; returns the keras.Model. Raises CheckpointMismatch naming IN for a checkpoint
+    that does not fit SOURCE."""
     from models.convert.torch_reader import CheckpointMismatch
 
     try:
-        model = convert(args.source, args.checkpoint)
+        model = convert(source, checkpoint)
     except CheckpointMismatch as error:
         message = str(error)
-        raise SystemExit(message if message.startswith(str(args.checkpoint)) else f"{args.checkpoint}: {message}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    model.save(args.out)
-    print(f"wrote {args.out} ({model.name}, {model.count_params():,} parameters)")
+        if not message.startswith(str(checkpoint)):
+            raise CheckpointMismatch(f"{checkpoint}: {message}") from error
+        raise
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    model.save(out)
     return model
 
+
+def main(argv=None):
+    """Runs the conversion; returns the converted keras.Model. User errors exit with one line (status 1)."""
+    args = build_parser().parse_args(argv)
+    with cli.user_errors(args.debug):
+        check_paths(args.checkpoint, args.out, args.overwrite)
+        model = convert_file(args.source, args.checkpoint, args.out)
+    print(f"wrote {args.out} ({model.name}, {model.count_params():,} parameters)")
+    return model

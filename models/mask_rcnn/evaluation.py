@@ -41,11 +41,13 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     Images are resized as in training (detector_io.inference_sizes: short_side,
     long_side, else the run's config.json, else 800 / 1333). max_images: the
     first N only (0 = all). metrics also holds boxes, images, detections (and
-    class_source for boxes="gt"). User errors raise SystemExit or
-    CheckpointError, one line naming the file and the evaluate.py flag.
+    class_source for boxes="gt"). User errors raise data.errors.UsageError
+    or CheckpointError, one line naming the file and the evaluate.py flag.
     """
     from data import coco
     from data.coco.results import bbox_results, evaluate_results
+    from data.errors import UsageError
+    from models.checkpoints import CheckpointError
     from models.mask_rcnn import predict_oracle_masks
     from models.mask_rcnn.loading import inference_sizes, is_detector
     from models.mask_rcnn.oracle import oracle_heads_model
@@ -53,11 +55,12 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
 
     model, detector = _load_checkpoint(checkpoint)
     if boxes == "detector" and not is_detector(detector):
-        raise SystemExit(f"--checkpoint {checkpoint}: holds a mask-head model (no RPN); evaluate it with --boxes gt")
+        raise CheckpointError(f"--checkpoint {checkpoint}: holds a mask-head model (no RPN); "
+                              "evaluate it with --boxes gt")
     try:
         split_data = coco.read_coco(data_dir, split)
     except FileNotFoundError as error:
-        raise SystemExit(f"--data {data_dir}: {error}")
+        raise UsageError(f"--data {data_dir}: {error}") from None
     sizes = inference_sizes(checkpoint, short_side, long_side)
     dataset = coco.make_dataset(split_data, batch_size=1, training=False, **sizes)
     if max_images:

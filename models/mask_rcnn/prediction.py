@@ -101,13 +101,14 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     from data import cli, images
     from data.coco import segm_results, write_results
     from data.coco.results import bbox_results
+    from data.errors import UsageError
 
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     targets = [os.path.join(out_dir, f"{stem}_overlay.png") for stem in stems]
     json_path = os.path.join(out_dir, "detections.json")
     for target in targets + [json_path]:
         if not overwrite and os.path.exists(target):
-            raise cli.UsageError(f"{target}: exists already; pass --overwrite or another --out")
+            raise UsageError(f"{target}: exists already; pass --overwrite or another --out")
     categories = ModelCategories(detector)
     os.makedirs(out_dir, exist_ok=True)
     results, written, skipped = [], [], 0

@@ -26,10 +26,11 @@ def predict_files(model, paths, out_dir, *, mode="whole", crop_size=713, flip=Fa
 
     model: a PSPNet with one logits output (load_inference_model). alpha: the
     mask's opacity in the overlay. An image whose outputs exist already stops
-    the run (SystemExit naming it) unless overwrite. A bad image raises
+    the run (data.errors.UsageError naming it) unless overwrite. A bad image raises
     data.images.BadImageError, or with skip_bad is skipped with a warning and counted.
     """
     from data import cityscapes, cli, images
+    from data.errors import UsageError
     from models.pspnet.inference import colorize, overlay
 
     os.makedirs(out_dir, exist_ok=True)
@@ -38,7 +39,7 @@ def predict_files(model, paths, out_dir, *, mode="whole", crop_size=713, flip=Fa
         stem = os.path.splitext(os.path.basename(path))[0]
         targets = {kind: os.path.join(out_dir, f"{stem}_{kind}.png") for kind in ("color", "overlay", "labelIds")}
         if not overwrite and any(os.path.exists(t) for t in targets.values()):
-            raise SystemExit(f"{targets['color']}: exists already; pass --overwrite or another --out")
+            raise UsageError(f"{targets['color']}: exists already; pass --overwrite or another --out")
         rgb = cli.read_image_or_skip(path, skip_bad)
         if rgb is None:
             skipped += 1
