@@ -89,9 +89,8 @@ def main(argv=None):
 
             detector = load_detector(args.checkpoint, hint="pass --model pspnet")
             sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
-            return predict_files(detector, paths, args.out, min_size=sizes["short_side"], max_size=sizes["long_side"],
-                                 score_threshold=args.score_threshold, alpha=args.alpha, overwrite=args.overwrite,
-                                 skip_bad=args.skip_bad)
+            return predict_files(detector, paths, args.out, **sizes, score_threshold=args.score_threshold,
+                                 alpha=args.alpha, overwrite=args.overwrite, skip_bad=args.skip_bad)
         from models.pspnet.inference import load_inference_model
         from models.pspnet.prediction import predict_files
 

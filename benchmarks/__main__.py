@@ -25,8 +25,7 @@ def _format(results, judge=True):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    """Runs the benchmarks of argv (default sys.argv[1:]), prints the table; returns 0. User errors: one line."""
+def build_parser():
     parser = cli.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check that the harness works")
     parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS), metavar="AREA",
@@ -35,7 +34,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU threads of TensorFlow (intra- and inter-op) and torch alike (default: all cores)")
     cli.add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Runs the benchmarks of argv (default sys.argv[1:]), prints the table; returns 0. User errors: one line."""
+    args = build_parser().parse_args(argv)
     with cli.user_errors(args.debug):
         cli.check_positive("--threads", args.threads)
         if args.json:

@@ -25,7 +25,7 @@ def _parse_size(text):
     return height, width
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.ArgumentParser(prog="python -m data.samples", description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(_DEFAULTS), help="which official layout to write")
     parser.add_argument("out_dir", metavar="OUT_DIR",
@@ -38,7 +38,12 @@ def main(argv=None):
                              "cityscapes, 256x320 for coco)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic scenes")
     cli.add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Writes the sample argv (default sys.argv[1:]) asks for; returns 0. User errors exit with one line."""
+    args = build_parser().parse_args(argv)
     num_train, num_val, size = _DEFAULTS[args.dataset]
     num_train = num_train if args.num_train is None else args.num_train
     num_val = num_val if args.num_val is None else args.num_val

@@ -84,7 +84,7 @@ def draw_detections(rgb, detection, names, *, alpha=0.5):
     return np.asarray(image)
 
 
-def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, score_threshold=0.5, alpha=0.5,
+def predict_files(detector, paths, out_dir, *, short_side=800, long_side=1333, score_threshold=0.5, alpha=0.5,
                   overwrite=False, skip_bad=False):
     """predict.py --model mask_rcnn: an overlay per image and one detections.json for all.
 
@@ -92,8 +92,10 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     OUT/detections.json in the COCO results format (the category ids the model
     carries, bbox [x, y, w, h], the mask's RLE, score; image_id numbers the
     images from 1 in order, file_name names them). Existing outputs are refused
-    unless overwrite. A bad image raises data.images.BadImageError, or with
-    skip_bad is skipped with a warning and counted.
+    unless overwrite. short_side, long_side: the resize (predict.py's
+    --short-side, --long-side; transform.detect's min_size, max_size). A bad
+    image raises data.images.BadImageError, or with skip_bad is skipped with a
+    warning and counted.
     Returns the overlay paths written.
     """
     import os
@@ -117,7 +119,8 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
         if rgb is None:
             skipped += 1
             continue
-        detection = detect(detector, [rgb], min_size=min_size, max_size=max_size, score_threshold=score_threshold)[0]
+        detection = detect(detector, [rgb], min_size=short_side, max_size=long_side,
+                           score_threshold=score_threshold)[0]
         images.write_png(target, draw_detections(rgb, detection, categories.names, alpha=alpha))
         written.append(target)
         found = dict(detection, image_id=image_id)
