@@ -7,7 +7,8 @@ from data import cli
 def build_parser():
     """python -m data.coco COMMAND ...: one command today, prepare."""
     parser = cli.ArgumentParser(prog="python -m data.coco", description=__doc__.split(":", 1)[1].strip())
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="prepare (python -m data.coco prepare --help)")
     prepare = commands.add_parser("prepare", help="convert a COCO-format dataset into TFRecord shards, once",
                                   description="Convert a COCO-format dataset into TFRecord shards, once.")
     prepare.add_argument("data_dir", nargs="?", metavar="DATA_DIR",
