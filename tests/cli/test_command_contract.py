@@ -120,7 +120,8 @@ def _output_runs(tmp_path):
     (tmp_path / "in.pth").write_bytes(b"not read: the output is refused first")
     data = str(tmp_path / "data")
     return [
-        ("evaluate.py", evaluate.main, "--out", lambda out: ["--checkpoint", "c.keras", "--data", data, "--out", out], ""),
+        ("evaluate.py", evaluate.main, "--out",
+         lambda out: ["--checkpoint", "c.keras", "--data", data, "--out", out], ""),
         ("predict.py", predict.main, "--out", lambda out: ["--checkpoint", "c.keras", "a.png", "--out", out], ""),
         ("train.py", train.main, "--out", lambda out: ["--data", data, "--out", out], ""),
         ("models.convert", convert_command.main, "OUT",
@@ -208,8 +209,9 @@ def _raises_system_exit(path):
     for node in ast.walk(tree):
         target = node.exc if isinstance(node, ast.Raise) else node if isinstance(node, ast.Call) else None
         callee = target.func if isinstance(target, ast.Call) else target
-        if (isinstance(callee, ast.Name) and callee.id == "SystemExit") or (
-                isinstance(callee, ast.Attribute) and callee.attr == "exit" and getattr(callee.value, "id", "") == "sys"):
+        is_sys_exit = isinstance(callee, ast.Attribute) and callee.attr == "exit" and (
+            getattr(callee.value, "id", "") == "sys")
+        if is_sys_exit or (isinstance(callee, ast.Name) and callee.id == "SystemExit"):
             found.add(node.lineno)
     return sorted(found)
 
