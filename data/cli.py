@@ -78,24 +78,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.model_flags = {}  # dest -> (flag, the --model values that use it)
+        self.model_flags = {}  # flag (its longest name) -> the --model values that use it
 
     def add_argument(self, *names, models=None, **kwargs):
         if models and kwargs.get("help"):
             kwargs["help"] += f" [--model {' / '.join(models)} only]"
         action = super().add_argument(*names, **kwargs)
         if models:
-            self.model_flags[action.dest] = (max(action.option_strings, key=len), tuple(models))
+            self.model_flags[max(action.option_strings, key=len)] = tuple(models)
         return action
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if self.model_flags:
             for flag in given_flags(self, args):
-                dest = next((d for d, (f, _) in self.model_flags.items() if f == flag), None)
-                if dest is not None and parsed.model not in self.model_flags[dest][1]:
+                models = self.model_flags.get(flag, (parsed.model,))
+                if parsed.model not in models:
                     self.error(f"argument {flag}: not used by --model {parsed.model}, only by --model "
-                               f"{' / '.join(self.model_flags[dest][1])}; leave it out")
+                               f"{' / '.join(models)}; leave it out")
         return parsed
 
     def error(self, message):
@@ -107,7 +107,7 @@ def given_flags(parser, argv=None):
 
     Whatever the value, and a default never counts: argv is parsed again with every default
     suppressed, so what lands in the namespace is what the command line set (abbreviations
-    and --flag=value included).
+    and --flag=value included). (argparse has no public list of its actions: parser._actions.)
     """
     saved = [(action, action.default) for action in parser._actions]
     try:

@@ -92,7 +92,7 @@ REQUIRED = {"evaluate.py": ["--checkpoint", "c.keras", "--data", "d", "--out", "
 @pytest.mark.parametrize("command", sorted(MODEL_ONLY))
 def test_the_model_only_flags_are_the_ones_the_issue_lists(command):
     parser = _parsers()[command]
-    assert {flag: models for flag, models in parser.model_flags.values()} == {
+    assert parser.model_flags == {
         flag: (model,) for flag, model in MODEL_ONLY[command].items()}
 
 
