@@ -25,25 +25,31 @@ def build_parser():
     from data.progress import add_quiet_flag
 
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
-    parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py")
-    parser.add_argument("--data", required=True, help="dataset root (Cityscapes: holds leftImg8bit/ and gtFine/)")
-    parser.add_argument("--split", default="val")
+    psp, mrcnn = ("pspnet",), ("mask_rcnn",)  # flags one family uses: given with the other --model, refused
+    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet",
+                        help="the model family of --checkpoint: PSPNet on Cityscapes, Mask R-CNN on COCO")
+    parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py or models.convert")
+    parser.add_argument("--data", required=True, help="dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; "
+                                                      "COCO: annotations/ and SPLIT2017/)")
+    parser.add_argument("--split", default="val", help="the dataset split to score (default: val)")
     parser.add_argument("--out", required=True, help="folder for metrics.json and predictions")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
-    parser.add_argument("--tfds", action="store_true", help="read --data as the folder with the Cityscapes zips (TFDS)")
-    parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
-    parser.add_argument("--crop", type=int, default=713, help="sliding window size")
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--scales", default="1", help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
+    parser.add_argument("--tfds", action="store_true", models=psp,
+                        help="read --data as the folder with the Cityscapes zips (TFDS)")
+    parser.add_argument("--sliding", action="store_true", models=psp,
+                        help="sliding-window inference (default: whole image)")
+    parser.add_argument("--crop", type=cli.parse_pair, default=(713, 713), models=psp,
+                        help="sliding window size: 713 or H,W like 713,713")
+    parser.add_argument("--flip", action="store_true", models=psp, help="average with the horizontally flipped image")
+    parser.add_argument("--scales", default="1", models=psp, help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
-    parser.add_argument("--boxes", choices=["detector", "gt"], default="detector",
-                        help="Mask R-CNN: detector = detect from raw images (bbox and segm AP); "
+    parser.add_argument("--boxes", choices=["detector", "gt"], default="detector", models=mrcnn,
+                        help="detector = detect from raw images (bbox and segm AP); "
                              "gt = masks for the ground-truth boxes (oracle segm AP)")
-    parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted",
-                        help="Mask R-CNN: which class picks each box's mask channel (and gives its category)")
-    cli.add_resize_flags(parser)
-    cli.add_skip_bad_flag(parser)
+    parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted", models=mrcnn,
+                        help="which class picks each box's mask channel (and gives its category)")
+    cli.add_resize_flags(parser, models=mrcnn)
+    cli.add_skip_bad_flag(parser, models=psp)
     add_quiet_flag(parser)
     cli.add_debug_flag(parser)
     return parser
@@ -53,13 +59,15 @@ def check_args(args):
     """Checks the parsed flags (raises data.cli.UsageError naming the flag); parses --scales."""
     from data import cli
 
-    cli.check_positive("--crop", args.crop)
+    for side in args.crop:
+        cli.check_positive("--crop", side)
     args.scales = cli.parse_scales("--scales", args.scales)
     cli.check_non_negative("--max-images", args.max_images, " (0 evaluates every image)")
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
         if value is not None:
             cli.check_positive(flag, value)
     cli.check_output_outside("--out", args.out, "--data", args.data)
+    cli.check_output_dir("--out", args.out)
     return args
 
 
@@ -73,8 +81,8 @@ def main(argv=None):
     with cli.user_errors(args.debug):
         check_args(args)
         if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
-            raise SystemExit(f"--out {args.out}: holds an earlier evaluation (metrics.json); "
-                             "pass --overwrite or another --out")
+            raise cli.UsageError(f"--out {args.out}: holds an earlier evaluation (metrics.json); "
+                                 "pass --overwrite or another --out")
         if args.model == "mask_rcnn":
             from models.mask_rcnn.evaluation import evaluate_on_coco
 

@@ -30,19 +30,24 @@ def build_parser():
     from data.progress import add_quiet_flag
 
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
+    psp, mrcnn = ("pspnet",), ("mask_rcnn",)  # flags one family uses: given with the other --model, refused
+    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet",
+                        help="the model family of --checkpoint: PSPNet masks or Mask R-CNN instances")
     parser.add_argument("--checkpoint", required=True, help=".keras file written by train.py or models.convert")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                        help="image files, and folders whose images (walked, sorted) are all predicted")
+    parser.add_argument("--out", required=True, help="folder for the masks, overlays (and detections.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
-    parser.add_argument("--sliding", action="store_true", help="sliding-window inference (default: whole image)")
-    parser.add_argument("--crop", type=int, default=713, help="sliding window size")
-    parser.add_argument("--flip", action="store_true")
-    parser.add_argument("--scales", default="1", help="multi-scale factors, e.g. 0.75,1,1.25")
+    parser.add_argument("--sliding", action="store_true", models=psp,
+                        help="sliding-window inference (default: whole image)")
+    parser.add_argument("--crop", type=cli.parse_pair, default=(713, 713), models=psp,
+                        help="sliding window size: 713 or H,W like 713,713")
+    parser.add_argument("--flip", action="store_true", models=psp, help="average with the horizontally flipped image")
+    parser.add_argument("--scales", default="1", models=psp, help="multi-scale factors, e.g. 0.75,1,1.25")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, in [0, 1]")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="Mask R-CNN: keep detections scoring at least this, in [0, 1]")
-    cli.add_resize_flags(parser)
+    parser.add_argument("--score-threshold", type=float, default=0.5, models=mrcnn,
+                        help="keep detections scoring at least this, in [0, 1]")
+    cli.add_resize_flags(parser, models=mrcnn)
     cli.add_skip_bad_flag(parser)
     add_quiet_flag(parser)
     cli.add_debug_flag(parser)
@@ -57,7 +62,8 @@ def check_args(args):
     """
     from data import cli
 
-    cli.check_positive("--crop", args.crop)
+    for side in args.crop:
+        cli.check_positive("--crop", side)
     args.scales = cli.parse_scales("--scales", args.scales)
     cli.check_fraction("--alpha", args.alpha)
     cli.check_fraction("--score-threshold", args.score_threshold)
@@ -67,6 +73,7 @@ def check_args(args):
     for item in args.inputs:
         if os.path.isdir(item):
             cli.check_output_outside("--out", args.out, "input folder", item)
+    cli.check_output_dir("--out", args.out)
     return args
 
 
@@ -84,11 +91,11 @@ def main(argv=None):
             from models.mask_rcnn.loading import inference_sizes, load_detector
             from models.mask_rcnn.prediction import predict_files
 
-            detector = load_detector(args.checkpoint)
+            detector = load_detector(args.checkpoint, hint="pass --model pspnet")
             sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
-            return predict_files(detector, paths, args.out, min_size=sizes["short_side"], max_size=sizes["long_side"],
-                                 score_threshold=args.score_threshold, alpha=args.alpha, overwrite=args.overwrite,
-                                 skip_bad=args.skip_bad, progress=progress)
+            return predict_files(detector, paths, args.out, **sizes, score_threshold=args.score_threshold,
+                                 alpha=args.alpha, overwrite=args.overwrite, skip_bad=args.skip_bad,
+                                 progress=progress)
         from models.pspnet.inference import load_inference_model
         from models.pspnet.prediction import predict_files
 

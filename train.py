@@ -14,7 +14,6 @@ Each model family owns its recipe (config, presets, run function):
 models/pspnet/recipe.py and models/mask_rcnn/recipe.py; the flags are built
 from the family's config dataclass by models/training/recipe.py.
 """
-import argparse
 import dataclasses
 import json
 import sys
@@ -35,17 +34,18 @@ def family_recipe(model):
 
 
 def main(argv=None):
+    from data import cli
     from models.training.recipe import parse_config
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = cli.ArgumentParser(add_help=False)  # --model picks the recipe, whose parser then reads every flag
     pre.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
     known, _ = pre.parse_known_args(argv)
     recipe = family_recipe(known.model)
-    from data import cli
 
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     with cli.user_errors(debug):  # a user error: one line, unless --debug asks where it came from
         config = parse_config(recipe, argv, description=__doc__.split("\n\n")[0])
+        cli.check_output_dir("--out", config.out)  # before the data is read or a model built
         print("configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
         recipe.run(config)
     return 0

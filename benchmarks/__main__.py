@@ -1,11 +1,11 @@
 """python -m benchmarks [--quick] [--only NAME ...] [--threads N] [--json OUT.json]"""
-import argparse
 import datetime
 import json
 import os
 import sys
 
-from data.cli import set_tensorflow_environment  # imports no TensorFlow
+from data import cli  # imports no TensorFlow
+from data.cli import set_tensorflow_environment
 
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()
@@ -25,15 +25,29 @@ def _format(results, judge=True):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+def build_parser():
+    parser = cli.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check that the harness works")
-    parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS))
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS), metavar="AREA",
+                        help=f"run these areas only (default: all of {', '.join(AREAS)})")
+    parser.add_argument("--json", help="write the results here (a .json file)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU threads of TensorFlow (intra- and inter-op) and torch alike (default: all cores)")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return parser
 
+
+def main(argv=None):
+    """Runs the benchmarks of argv (default sys.argv[1:]), prints the table; returns 0. User errors: one line."""
+    args = build_parser().parse_args(argv)
+    with cli.user_errors(args.debug):
+        cli.check_positive("--threads", args.threads)
+        if args.json:
+            cli.check_output_file("--json", args.json)  # before minutes of measuring
+        return _run(args, argv)
+
+
+def _run(args, argv):
     import importlib
 
     try:  # the detector's reference; torchvision must be imported before TensorFlow (it loads triton)
@@ -78,6 +92,7 @@ def main(argv=None):
         "results": [r.__dict__ for r in results],
     }
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"\nwrote {args.json}")

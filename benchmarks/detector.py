@@ -70,8 +70,10 @@ def converted_models(quick):
             try:
                 from benchmarks import torchvision_detector
             except ImportError as error:
-                raise SystemExit(f"the detector benchmark compares with torchvision: pip install -e '.[test]' "
-                                 f"({error})")
+                from data.errors import UserError
+
+                raise UserError(f"--only detector compares with torchvision: pip install -e '.[test]' "
+                                f"({error})") from None
             from models.convert import command as convert
 
             torch_path = os.path.join(folder, "maskrcnn.pth")

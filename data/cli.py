@@ -1,18 +1,23 @@
-"""Command-line checks shared by the CLIs: one-line errors that name the flag, no traceback unless --debug.
+"""The one parser module every command shares: one-line errors that name the flag, no traceback unless --debug.
 
-A CLI parses with `ArgumentParser` (argparse, but a parse error is one line), checks its
-values with the functions here (each raises UsageError naming the flag), and runs its
-work inside `user_errors(debug)`, which turns the errors a user can fix (USER_ERRORS) into
-a one-line message on stderr and exit status 1:
+A command (train.py, evaluate.py, predict.py, python -m models.convert / data.coco /
+data.samples / benchmarks) parses with `ArgumentParser` (argparse, but a parse error is
+one line, exit 2, and a flag of another --model is refused), checks its values and
+output paths with the functions here (each raises data.errors.UsageError naming the
+flag), and runs its work inside `user_errors(debug)`, which turns the errors a user can
+fix (data.errors.UserError, and an OSError naming its path) into a one-line message on
+stderr and exit status 1:
 
     parser = cli.ArgumentParser(description=...)
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     with cli.user_errors(args.debug):
-        cli.check_positive("--crop", args.crop)
+        cli.check_positive("--batch-size", args.batch_size)
+        cli.check_output_dir("--out", args.out)
         ...
 
-A CLI also calls `set_tensorflow_environment()` before it imports TensorFlow (this module imports none).
+Library code raises UserError subclasses, never SystemExit. A command also calls
+`set_tensorflow_environment()` before it imports TensorFlow (this module imports none).
 """
 import argparse
 import contextlib
@@ -20,7 +25,6 @@ import os
 import sys
 
 from data.errors import UsageError, UserError  # noqa: F401  (the CLIs' error family)
-from data.images import BadImageError
 
 
 def set_tensorflow_environment(environ=os.environ, cpu_flags=None):
@@ -63,13 +67,58 @@ def cpuinfo_field(name):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line parse errors ("prog: error: ...", exit 2) instead of usage + error.
+    """argparse with one-line parse errors ("prog: error: ...", exit 2) instead of usage + error, and flags
+    that only one model family uses.
 
-    The full usage stays one `--help` away.
+    add_argument(..., models=("pspnet",)) marks a flag as used by those values of --model only;
+    parse_args then refuses it, one line naming it, when the user gave it with another --model
+    (given on the command line, whatever its value: a default never counts). The full usage
+    stays one `--help` away.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_flags = {}  # flag (its longest name) -> the --model values that use it
+
+    def add_argument(self, *names, models=None, **kwargs):
+        if models and kwargs.get("help"):
+            kwargs["help"] += f" [--model {' / '.join(models)} only]"
+        action = super().add_argument(*names, **kwargs)
+        if models:
+            self.model_flags[max(action.option_strings, key=len)] = tuple(models)
+        return action
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if self.model_flags:
+            for flag in given_flags(self, args):
+                models = self.model_flags.get(flag, (parsed.model,))
+                if parsed.model not in models:
+                    self.error(f"argument {flag}: not used by --model {parsed.model}, only by --model "
+                               f"{' / '.join(models)}; leave it out")
+        return parsed
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def given_flags(parser, argv=None):
+    """The flags the user wrote in argv (default sys.argv[1:]), each by its longest name, in the parser's order.
+
+    Whatever the value, and a default never counts: argv is parsed again with every default
+    suppressed, so what lands in the namespace is what the command line set (abbreviations
+    and --flag=value included). (argparse has no public list of its actions: parser._actions.)
+    """
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        given, _ = argparse.ArgumentParser.parse_known_args(parser, argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return [max(action.option_strings, key=len) for action, _ in saved
+            if action.option_strings and action.dest in vars(given)]
 
 
 def add_debug_flag(parser):
@@ -77,51 +126,108 @@ def add_debug_flag(parser):
                         help="show the full Python traceback of an input error (for bug reports)")
 
 
-def add_resize_flags(parser):
+def add_resize_flags(parser, models=None):
     """--short-side / --long-side: how Mask R-CNN resizes images (default: the run's config.json, else 800 / 1333)."""
-    parser.add_argument("--short-side", type=int, default=None, help="Mask R-CNN: resize (default: the run's config)")
-    parser.add_argument("--long-side", type=int, default=None, help="Mask R-CNN: resize limit (default: the run's)")
+    parser.add_argument("--short-side", type=int, default=None, models=models,
+                        help="resize each image so that its short side has this many pixels "
+                             "(default: the run's config.json, else 800)")
+    parser.add_argument("--long-side", type=int, default=None, models=models,
+                        help="but no longer long side than this many pixels (default: the run's config.json, "
+                             "else 1333)")
 
 
-def add_skip_bad_flag(parser):
-    parser.add_argument("--skip-bad", action="store_true",
+def add_skip_bad_flag(parser, models=None):
+    parser.add_argument("--skip-bad", action="store_true", models=models,
                         help="skip unreadable images (and Cityscapes examples with a bad label) with a warning "
                              "each and a count at the end, instead of stopping at the first")
 
 
-def _user_errors():
-    """The exception types whose message is enough for a user (each names its file or flag).
+def parse_pair(text, cast=int, flag=None):
+    """"713" -> (713, 713); "512,1024" or "512x1024" -> (512, 1024): a size H,W (or any pair) given as one number
+    or two. An argparse `type` (flag=None: argparse names the flag) or a check (raises UsageError naming flag)."""
+    try:
+        values = tuple(cast(v) for v in str(text).lower().replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        message = f"takes one number or two like 713 or 512,1024 (H,W), got {text!r}"
+        if flag is None:
+            raise argparse.ArgumentTypeError(message)
+        raise UsageError(f"{flag} {message}")
+    return values
 
-    The errors of other modules (CheckpointError, the COCO reader's CocoInputError and
-    RecordsMismatch, the converters' CheckpointMismatch) count once their module is imported
-    (they cannot have been raised before), so a flag error does not import Keras just to be reported.
-    """
-    extra = ()
-    for module, name in (("models.checkpoints", "CheckpointError"), ("data.coco.annotations", "CocoInputError"),
-                         ("data.coco.convert", "RecordsMismatch"), ("models.convert.torch_reader", "CheckpointMismatch")):
-        if module in sys.modules:
-            extra += (getattr(sys.modules[module], name),)
-    return (UsageError, BadImageError, FileNotFoundError) + extra
+
+def is_user_error(error):
+    """True for an error whose one line is enough for a user: a UserError, or an OSError naming its path."""
+    return isinstance(error, UserError) or (isinstance(error, OSError) and bool(error.filename))
 
 
 @contextlib.contextmanager
 def user_errors(debug=False):
-    """Inside: a user's error (UsageError, BadImageError, CheckpointError, FileNotFoundError) becomes
+    """Inside: a user's error (data.errors.UserError, or an OSError naming its path) becomes
     SystemExit(its one-line message), i.e. that line on stderr and exit status 1. With debug the
-    exception propagates with its traceback."""
+    exception propagates with its traceback; anything else (a bug) always does."""
     try:
         yield
-    except _user_errors() as error:
-        if debug:
+    except (UserError, OSError) as error:
+        if debug or not is_user_error(error):
             raise
         raise SystemExit(_one_line(error)) from None
 
 
 def _one_line(error):
+    if isinstance(error, OSError) and not isinstance(error, UserError):
+        reason = "no such file or folder" if isinstance(error, FileNotFoundError) else \
+            (error.strerror or type(error).__name__).lower()
+        return f"{error.filename}: {reason}"
     text = str(error).strip()
-    if isinstance(error, FileNotFoundError) and error.filename:
-        return f"{error.filename}: no such file or folder"
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _first_existing(path):
+    """The path itself or its nearest ancestor that exists (a folder or a file)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_folder_writable(flag, path, folder):
+    """UsageError naming flag and path unless `folder` is a writable folder or the folders it needs can be made."""
+    found = _first_existing(folder)
+    if not os.path.isdir(found):
+        where = "is a file" if found == os.path.abspath(path) else f"lies under the file {found}"
+        raise UsageError(f"{flag} {path}: {where}, not a folder; pass another {flag}")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {found}; pass another {flag}")
+
+
+def check_output_dir(flag, path):
+    """The output folder `path` can be written: a writable folder, or one that can be made where it is.
+
+    Creates nothing (a later error leaves no empty folder behind); raises UsageError, one line naming
+    flag and path: a file where a folder must be, or no permission to write. Returns path. A remote
+    path (gs://...) passes unchecked. Every command checks its output path with this or
+    check_output_file before it loads a model or reads a dataset (train.py: the run folder, --out).
+    """
+    if "://" not in str(path):
+        _check_folder_writable(flag, path, path)
+    return path
+
+
+def check_output_file(flag, path):
+    """The output file `path` can be written: no folder of that name, its folder as check_output_dir wants,
+    the file itself writable if it exists. Creates nothing; raises UsageError naming flag and path. Returns path."""
+    if "://" in str(path):
+        return path
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    _check_folder_writable(flag, path, os.path.dirname(os.path.abspath(path)))
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: no permission to write it; pass another {flag}")
+    return path
 
 
 def check_positive(flag, value):

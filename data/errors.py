@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class UsageError(UserError, ValueError):
     """A flag's value a user must change; str() is one line naming the flag."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output that is there already and is not written over (a dataset, earlier results); str() names it."""

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from data.errors import UserError
+from data.errors import UsageError, UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every complete PNG
@@ -238,7 +238,7 @@ def find_undecodable(paths, *, reader=read_image):
 def find_images(inputs):
     """The files given, plus the IMAGE_EXTENSIONS files inside the folders given (walked, sorted).
 
-    A path that does not exist, or no image at all, stops the run: SystemExit, one line naming it.
+    A path that does not exist, or no image at all, raises data.errors.UsageError, one line naming it.
     """
     paths = []
     for item in inputs:
@@ -248,9 +248,9 @@ def find_images(inputs):
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise SystemExit(f"{item}: no such file or folder")
+            raise UsageError(f"{item}: no such file or folder")
     if not paths:
-        raise SystemExit(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(inputs)}")
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(inputs)}")
     return paths
 
 

@@ -1,10 +1,7 @@
-"""python -m data.coco prepare ...: convert a COCO-format dataset into TFRecord shards (data.coco.convert)."""
+"""python -m data.coco prepare ...: convert a COCO-format dataset into TFRecord shards (data.coco.command)."""
 import sys
 
-from data.coco.command import main
+from data.coco.command import run
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["prepare"]:
-        sys.exit("usage: python -m data.coco prepare DATA_DIR [--split train val] [--out DIR] [--skip-bad] "
-                 "(python -m data.coco prepare --help for more)")
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(run())

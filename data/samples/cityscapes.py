@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data.cityscapes import LABELS, to_train_ids
+from data.errors import OutputExistsError
 
 CITIES = ("aachen", "bochum", "frankfurt")
 
@@ -79,13 +80,13 @@ def write_cityscapes_sample(out_dir, *, num_train, num_val, size, seed):
     """Writes the sample (layout in the module doc); returns nothing.
 
     out_dir: folder, created if missing; it must not already hold leftImg8bit/
-    or gtFine/ (FileExistsError, one line naming the folder), so a sample never
+    or gtFine/ (data.errors.OutputExistsError, one line naming the folder), so a sample never
     overwrites a dataset. num_train, num_val: images per split (>= 1).
     size: (height, width) of every image. seed: int.
     """
     for sub in ("leftImg8bit", "gtFine"):
         if os.path.exists(os.path.join(out_dir, sub)):
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out_dir}: already holds {sub}/ (a Cityscapes sample or dataset); choose an empty or new folder"
             )
     height, width = size

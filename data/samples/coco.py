@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from data.errors import OutputExistsError
+
 # (COCO id, name, supercategory, RGB colour, texture).
 CATEGORIES = (
     (1, "person", "person", (210, 40, 40), "hstripes"),
@@ -55,7 +57,7 @@ def write_coco_sample(out_dir, *, num_train, num_val, size, seed):
 
     out_dir: folder (created). num_train, num_val: images per split (>= 1).
     size: (height, width) of every image. seed: int.
-    Raises FileExistsError (one line naming the file) if a sample is already there.
+    Raises data.errors.OutputExistsError (one line naming the file) if a sample is already there.
     """
     height, width = size
     splits = (("train", num_train, 1), ("val", num_val, _VAL_ID_OFFSET + 1))
@@ -64,7 +66,7 @@ def write_coco_sample(out_dir, *, num_train, num_val, size, seed):
         paths += [_image_path(out_dir, split, first_id + i) for i in range(count)]
         for path in paths:
             if os.path.exists(path):
-                raise FileExistsError(f"{path} already exists; choose an empty folder for the COCO sample")
+                raise OutputExistsError(f"{path} already exists; choose an empty folder for the COCO sample")
 
     rng = np.random.default_rng(seed)
     next_ann_id = 1

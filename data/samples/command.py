@@ -9,6 +9,8 @@ exactly the official one; only the scenes are synthetic.
 """
 import argparse
 
+from data import cli
+
 # Per dataset: (default train images, default val images, default HxW).
 _DEFAULTS = {
     "cityscapes": (24, 8, (256, 512)),
@@ -17,38 +19,44 @@ _DEFAULTS = {
 
 
 def _parse_size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 256x512, got {text!r}")
+    height, width = cli.parse_pair(text)
     if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"--size must be at least 32x32, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be at least 32x32, got {text!r}")
     return height, width
 
 
+def build_parser():
+    parser = cli.ArgumentParser(prog="python -m data.samples", description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=sorted(_DEFAULTS), help="which official layout to write")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="folder to write into (created; existing sample files are refused)")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help="train images (default: 24 for cityscapes, 48 for coco)")
+    parser.add_argument("--num-val", type=int, default=None, help="val images (default: 8 for cityscapes, 16 for coco)")
+    parser.add_argument("--size", type=_parse_size, default=None,
+                        help="image size HxW like 256x512, or one number for a square (default: 256x512 for "
+                             "cityscapes, 256x320 for coco)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic scenes")
+    cli.add_debug_flag(parser)
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.samples", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=sorted(_DEFAULTS))
-    parser.add_argument("out_dir", help="folder to write into (created; existing sample files are refused)")
-    parser.add_argument("--num-train", type=int, default=None)
-    parser.add_argument("--num-val", type=int, default=None)
-    parser.add_argument("--size", type=_parse_size, default=None, help="image size HxW")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    """Writes the sample argv (default sys.argv[1:]) asks for; returns 0. User errors exit with one line."""
+    args = build_parser().parse_args(argv)
     num_train, num_val, size = _DEFAULTS[args.dataset]
     num_train = num_train if args.num_train is None else args.num_train
     num_val = num_val if args.num_val is None else args.num_val
     size = size if args.size is None else args.size
-    if num_train < 1 or num_val < 1:
-        parser.error("--num-train and --num-val must be at least 1")
 
-    if args.dataset == "cityscapes":
-        from data.samples.cityscapes import write_cityscapes_sample as write
-    else:
-        from data.samples.coco import write_coco_sample as write
-    try:
-        write(args.out_dir, num_train=num_train, num_val=num_val, size=size, seed=args.seed)
-    except FileExistsError as error:  # never write over a dataset that is there
-        parser.exit(2, f"{parser.prog}: {error}\n")
+    with cli.user_errors(args.debug):
+        cli.check_positive("--num-train", num_train)
+        cli.check_positive("--num-val", num_val)
+        cli.check_output_dir("OUT_DIR", args.out_dir)
+        if args.dataset == "cityscapes":
+            from data.samples.cityscapes import write_cityscapes_sample as write
+        else:
+            from data.samples.coco import write_coco_sample as write
+        write(args.out_dir, num_train=num_train, num_val=num_val, size=size, seed=args.seed)  # never over a dataset
     print(f"wrote {args.dataset} sample ({num_train} train, {num_val} val, {size[0]}x{size[1]}) to {args.out_dir}")
-
+    return 0

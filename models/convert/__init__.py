@@ -37,16 +37,16 @@ def convert(source, checkpoint, *, progress=None):
 
 
 
-def convert_checkpoint(source, checkpoint, out, *, check_hash=True):
+def convert_checkpoint(source, checkpoint, out, *, check_hash=True, progress=None):
     """Converts `checkpoint` and writes OUT (.keras) with its provenance; returns the keras.Model.
 
     check_hash: refuse a file whose SHA-256 does not start with the digits its name carries
-    (provenance.check_hash) before reading it.
+    (provenance.check_hash) before reading it. progress: as convert's.
     """
     digest = provenance.sha256(checkpoint)
     if check_hash:
         provenance.check_hash(checkpoint, digest)
-    model = convert(source, checkpoint)
+    model = convert(source, checkpoint, progress=progress)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     model.save(out)
     provenance.write_provenance(out, provenance.record(source, checkpoint, digest, model))

@@ -12,23 +12,6 @@ import json
 import os
 
 
-def _load_detector(checkpoint):
-    """A .keras Mask R-CNN file -> its build_mask_rcnn detector (the file's model, or a DetectorTrainer's .detector).
-
-    Raises models.checkpoints.CheckpointError (one line naming the file) for a file that
-    cannot be read, holds a PSPNet ("pass --model pspnet") or another model than a detector.
-    """
-    from models import checkpoints
-    from models.mask_rcnn.loading import is_detector
-
-    model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.MASK_RCNN, checkpoint,
-                                   hint="pass --model pspnet")
-    detector = getattr(model, "detector", model)
-    if not is_detector(detector):
-        raise checkpoints.CheckpointError(f"--checkpoint {checkpoint}: holds a {type(model).__name__} named "
-                                          f"{model.name!r}, not a Mask R-CNN detector")
-    return detector
-
 
 def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
                      short_side=None, long_side=None, max_images=0, progress=None):
@@ -48,20 +31,21 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     first N only (0 = all). metrics also holds boxes, images, detections (and
     class_source for boxes="gt"). progress: a data.progress.Progress for the
     images (and a first use's conversion of the split); None: shown on stderr.
-    User errors raise SystemExit or CheckpointError, one line naming the file and
-    the evaluate.py flag.
+    User errors raise data.errors.UsageError or CheckpointError, one line naming
+    the file and the evaluate.py flag.
     """
     from data import coco
     from data.coco.results import bbox_results, evaluate_results
-    from models.mask_rcnn.loading import inference_sizes
+    from data.errors import UsageError
+    from models.mask_rcnn.loading import inference_sizes, load_detector
     from models.mask_rcnn.oracle import oracle_heads_model, predict_oracle_masks
     from models.mask_rcnn.prediction import ModelCategories, detect_dataset
 
-    detector = _load_detector(checkpoint)
+    detector = load_detector(checkpoint, hint="pass --model pspnet")
     try:
         split_data = coco.read_coco(data_dir, split, progress=progress)
     except FileNotFoundError as error:
-        raise SystemExit(f"--data {data_dir}: {error}")
+        raise UsageError(f"--data {data_dir}: {error}") from None
     sizes = inference_sizes(checkpoint, short_side, long_side)
     dataset = coco.make_dataset(split_data, batch_size=1, training=False, **sizes)
     total = split_data.num_images if hasattr(split_data, "num_images") else len(split_data.records)

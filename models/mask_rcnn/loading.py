@@ -14,23 +14,26 @@ The oracle-box view of a detector (evaluate.py --boxes gt) is models/mask_rcnn/o
 import json
 import os
 
-from models.checkpoints import CheckpointError, load_keras_file
+from models.checkpoints import MASK_RCNN, PSPNET, CheckpointError, check_kind, load_keras_file, model_kind
 from models.mask_rcnn.detector import detector_layers
 
 # The predictors whose shapes follow the class count: left as initialised when fine-tuning on other classes.
 CLASS_SPECIFIC = ("box_head/class_logits/", "box_head/box_deltas/", "mask_head/logits/")
 
 
-def load_detector(path, flag="--checkpoint"):
+def load_detector(path, flag="--checkpoint", hint=""):
     """The build_mask_rcnn model held by a .keras file (a detector, or a DetectorTrainer's `.detector`).
 
     Loaded with safe_mode (models.checkpoints.load_keras_file). Raises models.checkpoints.CheckpointError
-    (a ValueError; one line naming `flag` and the file) when it cannot be read or holds another kind of model.
+    (a ValueError; one line naming `flag` and the file) when it cannot be read or holds another kind of model;
+    for a PSPNet, the message ends with `hint` (what to pass instead, e.g. "pass --model pspnet").
     """
     import models  # noqa: F401  (registers the layers a file names)
     from models.mask_rcnn.trainer import DetectorTrainer  # noqa: F401  (likewise)
 
     model = load_keras_file(path, flag=flag)
+    if model_kind(model) == PSPNET:
+        check_kind(model, MASK_RCNN, path, flag=flag, hint=hint)
     model = getattr(model, "detector", model)
     if not is_detector(model):
         raise CheckpointError(f"{flag} {path}: holds a {type(model).__name__} named {model.name!r}, "

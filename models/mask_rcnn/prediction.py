@@ -90,18 +90,19 @@ def draw_detections(rgb, detection, names, *, alpha=0.5):
     return np.asarray(image)
 
 
-def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, score_threshold=0.5, alpha=0.5,
+def predict_files(detector, paths, out_dir, *, short_side=800, long_side=1333, score_threshold=0.5, alpha=0.5,
                   overwrite=False, skip_bad=False, progress=None):
     """predict.py --model mask_rcnn: an overlay per image and one detections.json for all.
 
     Writes OUT/NAME_overlay.png (draw_detections) for each image NAME and
     OUT/detections.json in the COCO results format (the category ids the model
     carries, bbox [x, y, w, h], the mask's RLE, score; image_id numbers the
-    images from 1 in order, file_name names them). The loop is
-    data.image_files.predict_over_images: existing outputs are refused
-    (UsageError) unless overwrite; a bad image raises data.images.BadImageError,
-    or with skip_bad is skipped with a warning and counted; progress: a
-    data.progress.Progress (None: shown on stderr).
+    images from 1 in order, file_name names them). short_side, long_side: the
+    resize (predict.py's --short-side, --long-side; transform.detect's min_size,
+    max_size). The loop is data.image_files.predict_over_images: existing
+    outputs are refused (UsageError) unless overwrite; a bad image raises
+    data.images.BadImageError, or with skip_bad is skipped with a warning and
+    counted; progress: a data.progress.Progress (None: shown on stderr).
     Returns the overlay paths written.
     """
     import os
@@ -115,7 +116,8 @@ def predict_files(detector, paths, out_dir, *, min_size=800, max_size=1333, scor
     results = []
 
     def work(image_id, path, rgb, targets):
-        detection = detect(detector, [rgb], min_size=min_size, max_size=max_size, score_threshold=score_threshold)[0]
+        detection = detect(detector, [rgb], min_size=short_side, max_size=long_side,
+                           score_threshold=score_threshold)[0]
         images.write_png(targets["overlay"], draw_detections(rgb, detection, categories.names, alpha=alpha))
         found = dict(detection, image_id=image_id)
         # One entry per detection: its box, its mask and its score together.

@@ -165,14 +165,15 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     warning each and a count at the end. Writes into out_dir what
     evaluate_pspnet writes (replacing earlier files of the same names).
     progress: a data.progress.Progress (None: shown on stderr).
-    User errors (a wrong data_dir, a bad checkpoint or image) raise SystemExit,
-    models.checkpoints.CheckpointError or data.images.BadImageError, one line
-    naming the file and the evaluate.py flag.
+    User errors (a wrong data_dir, a bad checkpoint or image) raise data.errors.UserError
+    subclasses (UsageError, models.checkpoints.CheckpointError, data.images.BadImageError),
+    one line naming the file and the evaluate.py flag.
     """
     import tensorflow as tf
 
     from data import cityscapes, cli
     from data.progress import dataset_length
+    from data.errors import UsageError
     from models.pspnet.inference import load_inference_model
 
     skipped = []
@@ -182,7 +183,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
         try:
             elements = cityscapes.read_folder(data_dir, split, skip_bad=skip_bad, skipped=skipped)
         except FileNotFoundError as error:
-            raise SystemExit(f"--data: {error}")
+            raise UsageError(f"--data: {error}") from None
     model = load_inference_model(checkpoint)  # after the data: a wrong data_dir is found in seconds
     total = dataset_length(elements)
     dataset = cityscapes.eval_pipeline(elements, batch_size=1)

@@ -70,7 +70,7 @@ def test_predict_flags(tmp_path, flags, message):
     (["--max-images", "-1"], "--max-images must be 0 or more (0 evaluates every image), got -1"),
     (["--sliding", "--crop", "0"], "--crop must be positive, got 0"),
     (["--scales", "-1"], "--scales factors must be positive, got '-1'"),
-    (["--short-side", "0"], "--short-side must be positive, got 0"),
+    (["--model", "mask_rcnn", "--short-side", "0"], "--short-side must be positive, got 0"),
 ])
 def test_evaluate_flags(tmp_path, flags, message):
     with pytest.raises(SystemExit) as error:
@@ -95,7 +95,8 @@ def test_a_value_argparse_cannot_parse_is_one_line_too(tmp_path, capsys):
         evaluate.main(["--checkpoint", "c.keras", "--data", str(tmp_path), "--out", "o", "--crop", "big"])
     assert error.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"{os.path.basename(sys.argv[0])}: error: argument --crop: invalid int value: 'big' (see --help)"]
+        f"{os.path.basename(sys.argv[0])}: error: argument --crop: takes one number or two like 713 or 512,1024 "
+        "(H,W), got 'big' (see --help)"]
 
 
 def test_debug_shows_the_exception_itself(tmp_path):
@@ -118,6 +119,11 @@ def test_checkpoint_of_the_other_model_kind(tmp_path, checkpoints):
                                          "pass --model mask_rcnn"):
         predict.main(["--checkpoint", checkpoints["mask_rcnn"], _photo(tmp_path / "a.png"), "--out",
                       str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as error:
+        predict.main(["--model", "mask_rcnn", "--checkpoint", checkpoints["pspnet"], _photo(tmp_path / "a.png"),
+                      "--out", str(tmp_path / "p")])
+    assert str(error.value) == (f"--checkpoint {checkpoints['pspnet']}: a PSPNet checkpoint, not a Mask R-CNN one; "
+                                "pass --model pspnet")
 
 
 def test_a_mask_rcnn_file_without_the_detector_is_refused_in_one_line(tmp_path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from data import images
+from data.errors import UsageError
 from data.images import BadImageError
 
 RNG = np.random.default_rng(0)
@@ -186,8 +187,8 @@ def test_find_images_lists_files_given_and_images_in_folders_sorted(tmp_path):
     found = images.find_images([str(tmp_path / "single.dat"), str(tmp_path / "b"), str(tmp_path / "a")])
     assert [str(p.relative_to(tmp_path)) for p in map(type(tmp_path), found)] == [
         "single.dat", "b/1.png", "b/2.JPG", "a/x.webp", "a/deeper/y.tif"]  # a file given is taken whatever its name
-    with pytest.raises(SystemExit, match="missing.png: no such file or folder"):
+    with pytest.raises(UsageError, match="missing.png: no such file or folder"):
         images.find_images([str(tmp_path / "b"), str(tmp_path / "missing.png")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"no images \(.png, .jpg, .*\) in .*empty"):
+    with pytest.raises(UsageError, match=r"no images \(.png, .jpg, .*\) in .*empty"):
         images.find_images([str(tmp_path / "empty")])

@@ -114,9 +114,9 @@ def test_malformed_json(root, tmp_path):
         f.write('{"images": [')
     with pytest.raises(CocoInputError, match=re.escape(f"{path}: not valid JSON")):
         coco_data.read_coco(data, "train", in_memory=True)
-    with pytest.raises(SystemExit) as caught:
+    with pytest.raises(SystemExit) as caught:  # a str code: printed on stderr, exit status 1
         coco_command.main([data, "--split", "train"])
-    assert caught.value.code == 1
+    assert str(caught.value.code).startswith(f"{path}: not valid JSON (")
 
 
 def _image_edit(kind):
@@ -138,11 +138,9 @@ def test_a_corrupt_image_is_named_with_its_id_or_skipped(root, tmp_path, kind, c
     path = os.path.join(data, "train2017", image["file_name"])
     with pytest.raises(CocoInputError, match=re.escape(f"{path}: image {image['id']} cannot be decoded")):
         _convert(data, tmp_path)
-    with pytest.raises(SystemExit) as caught:
+    with pytest.raises(SystemExit) as caught:  # a str code: printed on stderr, exit status 1
         coco_command.main([data, "--split", "train", "--workers", "1"])
-    assert caught.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert path in err and f"image {image['id']}" in err
+    assert str(caught.value.code).startswith(f"{path}: image {image['id']} cannot be decoded")
     _convert(data, tmp_path, skip_bad=True)
     records = coco_records.open_records(str(tmp_path / "records"))
     assert records.num_images == 5 and "1 bad images skipped" in records.summary()

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from data.cli import UsageError
+from data.errors import UserError
 
 from models.mask_rcnn import recipe as mask_recipe
 from models.pspnet import recipe as pspnet_recipe
@@ -48,7 +49,7 @@ def test_pspnet_flags_no_run_can_use_are_named(tmp_path, flags, message):
     (["--short-side", "-1"], "--short-side must be positive, got -1"),
 ])
 def test_mask_rcnn_flags_no_run_can_use_are_named(tmp_path, flags, message):
-    with pytest.raises((UsageError, SystemExit), match="^" + re.escape(message)):
+    with pytest.raises(UserError, match="^" + re.escape(message)):  # the contract: library code raises UserError
         _checked(mask_recipe, tmp_path, "--model", "mask_rcnn", *flags)
 
 
