@@ -38,8 +38,9 @@ def _photos(folder):
 
 
 def _predict(checkpoints, family, *args):
-    return predict.main(["--model", family, "--checkpoint", checkpoints[family], "--short-side", "32",
-                         "--long-side", "64", "--quiet", *map(str, args)])
+    resize = ["--short-side", "32", "--long-side", "64"] if family == "mask_rcnn" else []  # Mask R-CNN's flags
+    return predict.main(["--model", family, "--checkpoint", checkpoints[family], *resize, "--quiet",
+                         *map(str, args)])
 
 
 def _warnings(capsys):
