@@ -101,19 +101,23 @@ def _user_errors():
                          ("data.coco.convert", "RecordsMismatch"), ("models.convert.torch_reader", "CheckpointMismatch")):
         if module in sys.modules:
             extra += (getattr(sys.modules[module], name),)
-    return (UsageError, BadImageError, FileNotFoundError) + extra
+    return (UserError, BadImageError, FileNotFoundError) + extra
 
 
 @contextlib.contextmanager
 def user_errors(debug=False):
-    """Inside: a user's error (UsageError, BadImageError, CheckpointError, FileNotFoundError) becomes
-    SystemExit(its one-line message), i.e. that line on stderr and exit status 1. With debug the
-    exception propagates with its traceback."""
+    """Inside: a user's error (any data.errors.UserError, FileNotFoundError) becomes SystemExit: its
+    one-line message on stderr and exit status 1, or the error's own exit_status (data.errors.Stopped:
+    128 + the signal). With debug an error of status 1 propagates with its traceback."""
     try:
         yield
     except _user_errors() as error:
-        if debug:
+        status = getattr(error, "exit_status", 1)
+        if debug and status == 1:
             raise
+        if status != 1:
+            print(_one_line(error), file=sys.stderr, flush=True)
+            raise SystemExit(status) from None
         raise SystemExit(_one_line(error)) from None
 
 

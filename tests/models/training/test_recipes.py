@@ -12,7 +12,7 @@ from models.mask_rcnn import recipe as mask_recipe
 from models.pspnet import recipe as pspnet_recipe
 from models.training.recipe import check_batch_split, parse_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _checked(recipe, tmp_path, *flags):
