@@ -22,6 +22,7 @@ DETECTOR = ["--model", "mask_rcnn", "--preset", "maskrcnn_r50_fpn_1x_coco", "--s
             "--fpn-channels", "16", "--mask-head-channels", "8", "--box-head-units", "32", "--rpn-pre-nms-top-n",
             "200", "--rpn-post-nms-top-n", "100", "--box-batch-size", "32", "--short-side", "96", "--long-side",
             "128", "--batch-size", "2", "--steps-per-epoch", "2", "--milestones", "3", "--warmup-steps", "1",
+            "--lr", "0.002", "--clip-norm", "5",  # a randomly initialised tiny detector diverged at step 5 at 0.02
             "--verbose", "0"]
 
 
