@@ -4,7 +4,7 @@ shared run in models/training/skeleton.py needs from it) and the built-in demo.
     config = dataclasses.replace(PRESETS["maskrcnn_r50_fpn_1x_coco"], data="/data/coco", out="runs/mrcnn")
     train_detector(config)   # or `python train.py --model mask_rcnn --stage all --data ...`
 
-Stages (models/mask_rcnn/detector_trainer.py): heads, mask_head, all. A run
+Stages (models/mask_rcnn/trainer.py): heads, mask_head, all. A run
 starts from random weights, from --init-from (a converted torchvision detector,
 a torchvision-resnet50 backbone, or an earlier run's checkpoint), or resumes
 with --resume.
@@ -80,7 +80,7 @@ PRESETS = {
 }
 DEMO_PRESET = "maskrcnn_demo"
 CONFIG = DetectorConfig  # what train.py builds the flags from
-RESUMABLE = ("skip_empty_images",)  # beside models.training.recipe.RESUMABLE
+RESUMABLE = ()  # nothing beside models.training.recipe.RESUMABLE: every detector setting shapes the model or data
 
 
 def check_config(config):
@@ -168,6 +168,7 @@ class DetectorRecipe(Recipe):
 
     def __init__(self, config):
         super().__init__(config)
+        import losses  # noqa: F401  (registers what a resumed checkpoint names)
         from models.mask_rcnn.trainer import METRIC_NAMES
 
         self.curve_components = METRIC_NAMES[1:]
@@ -186,8 +187,6 @@ class DetectorRecipe(Recipe):
         return learning_rate(self.config)
 
     def build_model(self, total_steps, sync_bn):
-        import losses  # noqa: F401  (registers what a resumed checkpoint names)
-
         return build_trainer(self.config, self.train_split.categories)
 
     def train_dataset(self, skip, input_context=None):
@@ -220,8 +219,6 @@ class DetectorRecipe(Recipe):
 def train_detector(config, strategy=None):
     """Trains (or resumes) one stage of the detector until optimizer step --steps; returns the run folder
     (models.training.skeleton.train, which says what it raises)."""
-    import losses  # noqa: F401  (registers what a resumed checkpoint names)
-
     return train(DetectorRecipe(config), strategy)
 
 

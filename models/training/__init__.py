@@ -22,6 +22,7 @@ from models.training.curves import TrainingCurves, plot_curves
 from models.training.optimizer import SegmentationSGD, WarmupStepDecay, poly_schedule
 
 __all__ = [
-    "NonFiniteLoss", "NonFiniteLossGuard", "RunCheckpoints", "SegmentationSGD", "StopSignals", "TrainingCurves", "WarmupStepDecay",
+    "NonFiniteLoss", "NonFiniteLossGuard", "RunCheckpoints", "SegmentationSGD", "StopSignals", "TrainingCurves",
+    "WarmupStepDecay",
     "epoch_spans", "fit_from_step", "plot_curves", "poly_schedule", "raise_if_interrupted", "standard_callbacks",
 ]
