@@ -51,10 +51,14 @@ def _state(out):
         return json.load(f)
 
 
-@pytest.mark.parametrize("steps, epochs", [(1, [0]), (2, [0]), (3, [0, 1])])  # below, at, above --steps-per-epoch 2
-def test_pspnet_fresh_run_ends_at_exactly_steps(cityscapes_root, tmp_path, steps, epochs):
+@pytest.mark.parametrize("steps, per_epoch, epochs", [
+    (1, 2, [0]), (2, 2, [0]), (3, 2, [0, 1]),  # below, at, above --steps-per-epoch
+    (3, 1000, [0]),  # the run: 3 steps, not 1000
+])
+def test_pspnet_fresh_run_ends_at_exactly_steps(cityscapes_root, tmp_path, steps, per_epoch, epochs):
     out = str(tmp_path / "run")
-    assert train.main(["--data", cityscapes_root, "--out", out, "--steps", str(steps)] + PSPNET) == 0
+    assert train.main(["--data", cityscapes_root, "--out", out, "--steps", str(steps)] + PSPNET
+                      + ["--steps-per-epoch", str(per_epoch)]) == 0
     assert saved_iterations(out) == steps
     assert _epochs_logged(out) == epochs  # the last epoch shortened, validated and saved like the others
     assert _state(out)["epochs_done"] == len(epochs)
