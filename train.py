@@ -7,8 +7,9 @@
 
 A preset fixes every setting of a published recipe; flags override single
 settings. The resolved configuration is printed and saved as config.json in the
-run folder beside the checkpoints (see models/training/callbacks.py for the
-folder layout). An interrupted run continues with --resume (the demo resumes by itself).
+run folder beside the checkpoints (see models/training/callbacks.py for the folder
+layout). An interrupted run continues with --resume (the demo resumes by itself):
+--steps N ends the run at optimizer step N, fresh or resumed.
 
 Each model family owns its recipe (config, presets, run function):
 models/pspnet/recipe.py and models/mask_rcnn/recipe.py; the flags are built

@@ -167,13 +167,18 @@ def is_user_error(error):
 @contextlib.contextmanager
 def user_errors(debug=False):
     """Inside: a user's error (data.errors.UserError, or an OSError naming its path) becomes
-    SystemExit(its one-line message), i.e. that line on stderr and exit status 1. With debug the
-    exception propagates with its traceback; anything else (a bug) always does."""
+    SystemExit: its one-line message on stderr and exit status 1, or the error's own exit_status
+    (data.errors.Stopped: 128 + the signal, also under debug: a stop is not a bug). With debug an
+    error of status 1 propagates with its traceback; anything else (a bug) always does."""
     try:
         yield
     except (UserError, OSError) as error:
-        if debug or not is_user_error(error):
+        status = getattr(error, "exit_status", 1)
+        if not is_user_error(error) or (debug and status == 1):
             raise
+        if status != 1:
+            print(_one_line(error), file=sys.stderr, flush=True)
+            raise SystemExit(status) from None
         raise SystemExit(_one_line(error)) from None
 
 

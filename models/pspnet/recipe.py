@@ -1,6 +1,6 @@
 """The PSPNet training recipe: its configuration and presets, its data, the
-compiled model and the run (Keras fit; models/training/custom_loop.py under
-MultiWorkerMirroredStrategy), and the built-in demo.
+compiled model and validation (PSPNetRecipe: what the shared run in
+models/training/skeleton.py needs from PSPNet), and the built-in demo.
 
     config = dataclasses.replace(PRESETS["pspnet50_cityscapes_713"], data="/data/cityscapes", out="runs/psp50")
     train_pspnet(config)      # or `python train.py --preset pspnet50_cityscapes_713 --data ...`
@@ -13,49 +13,52 @@ import tensorflow as tf
 
 import losses
 from models.training.recipe import (
-    RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, start_run,
+    RunSettings, check_choice, check_not_negative, check_out_outside_data, check_positive, setting,
 )
+from models.training.skeleton import Recipe, train
 
 
 @dataclasses.dataclass
 class PSPNetConfig(RunSettings):
     """Everything that defines a PSPNet training run. Field names are the CLI flags (with - for _)."""
 
-    preset: str = "pspnet101_cityscapes_713"
-    data: str = ""  # Cityscapes root (leftImg8bit/, gtFine/), or with tfds=True the folder with the zips
-    tfds: bool = False
-    tfds_data_dir: str = ""  # where TFDS builds its records (default: <data>/tfds)
-    out: str = ""  # run folder (default runs/<preset>)
-    resume: bool = False
+    preset: str = setting("pspnet101_cityscapes_713", "named recipe")
+    data: str = setting("", "Cityscapes root (leftImg8bit/, gtFine/), or with --tfds the folder with the zips")
+    tfds: bool = setting(False, "read Cityscapes through TensorFlow Datasets (from the official zips in --data)")
+    tfds_data_dir: str = setting("", "where TFDS builds its records (default: <data>/tfds)")
+    out: str = setting("", "run folder: checkpoints, config.json, history.csv, curves.png (default: runs/<preset>)")
+    resume: bool = setting(False, "continue the run in --out from its last saved step, with its saved settings")
     # model
-    backbone: str = "resnet101"
-    base_width: int = 64
-    stem: str = "deep"
-    output_stride: int = 8
-    backbone_weights: str = ""  # "", "imagenet" or a Keras Applications weights file (needs stem="standard")
-    # A .keras PSPNet (a converted semseg / mmsegmentation checkpoint, or an earlier run) to fine-tune: its
-    # layout, backbone and widths replace the ones above; only classifiers for another class count start new.
-    init_from: str = ""
-    skip_bad: bool = False  # leave out Cityscapes examples with an unreadable image or label (warned, counted)
-    num_classes: int = 19
-    dropout: float = 0.1
+    backbone: str = setting("resnet101", "ResNet depth: resnet18, resnet34, resnet50, resnet101 or resnet152")
+    base_width: int = setting(64, "channels of the ResNet's first stage (64 in the paper; small for tests)")
+    stem: str = setting("deep", "deep (three 3x3 convolutions, the paper's) or standard (one 7x7)")
+    output_stride: int = setting(8, "backbone output stride: 8 (the paper's, dilated), 16 or 32")
+    backbone_weights: str = setting("", "imagenet or a Keras Applications weights file (needs --stem standard)")
+    init_from: str = setting(
+        "", "a .keras PSPNet to fine-tune (a converted semseg / mmsegmentation checkpoint, or an earlier run): its "
+        "layout, backbone and widths replace the flags'; only classifiers for another class count start new")
+    skip_bad: bool = setting(False, "leave out examples with an unreadable image or label (warned, counted)")
+    num_classes: int = setting(19, "classes the model predicts (Cityscapes: 19 train ids)")
+    dropout: float = setting(0.1, "dropout before the classifiers")
     # data
-    crop: tuple = (713, 713)
-    scale_range: tuple = (0.5, 2.0)
-    rotation_degrees: float = 10.0
-    blur_prob: float = 0.5
-    batch_size: int = 16  # global batch, split over replicas
-    val_images: int = 0  # validate on the first N val images each epoch (0 = all)
+    crop: tuple = setting((713, 713), "training crop H,W (one number: square)")
+    scale_range: tuple = setting((0.5, 2.0), "random scale range of the augmentation, min,max")
+    rotation_degrees: float = setting(10.0, "random rotation of the augmentation, +-degrees")
+    blur_prob: float = setting(0.5, "probability of a Gaussian blur in the augmentation")
+    batch_size: int = setting(16, "global batch, split over the replicas")
+    val_images: int = setting(0, "validate on the first N val images after each epoch (0: all)")
     # schedule (the paper's recipe)
-    epochs: int = 200
-    steps: int = 0  # total optimizer steps; if set, overrides epochs
-    steps_per_epoch: int = 0  # 0 = one pass over the training images
-    lr: float = 0.01
-    power: float = 0.9
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    head_lr_multiplier: float = 10.0
-    aux_weight: float = 0.4
+    epochs: int = setting(200, "run length in epochs, when --steps is 0")
+    steps: int = setting(0, "the optimizer step at which the run ends (0: --epochs x --steps-per-epoch)")
+    steps_per_epoch: int = setting(0, "optimizer steps between validations and checkpoints (0: one pass "
+                                      "over the training images)")
+    lr: float = setting(0.01, "base learning rate of the poly schedule")
+    power: float = setting(0.9, "power of the poly schedule: lr x (1 - step / steps) ** power")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "L2 weight decay on kernels")
+    head_lr_multiplier: float = setting(10.0, "learning-rate multiplier of the new layers (pyramid pooling, "
+                                              "classifiers)")
+    aux_weight: float = setting(0.4, "weight of the auxiliary loss (on the backbone's stage 3)")
 
 
 PRESETS = {
@@ -71,10 +74,11 @@ PRESETS = {
 DEMO_PRESET = "pspnet_demo"
 CONFIG = PSPNetConfig  # what train.py builds the flags from
 MONITOR = "val_main_miou"  # the metric that picks best.keras
+RESUMABLE = ("val_images", "epochs", "skip_bad", "tfds_data_dir")  # beside models.training.recipe.RESUMABLE
 
 
 def check_config(config):
-    """One-line SystemExit naming the flag for a setting no run can use."""
+    """data.errors.UsageError, one line naming the flag, for a setting no run can use."""
     from models.pspnet.model import BACKBONES
 
     check_positive(config, ("batch_size", "crop", "scale_range", "epochs", "base_width", "num_classes"))
@@ -185,18 +189,22 @@ class SegmentationValidation(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------
 
 def steps_plan(config, num_train_images):
-    """(epochs, steps_per_epoch, total_steps) from epochs/steps/steps_per_epoch and the dataset size."""
+    """(steps_per_epoch, total_steps) from epochs/steps/steps_per_epoch and the dataset size."""
     per_epoch = config.steps_per_epoch or max(num_train_images // config.batch_size, 1)
-    if config.steps:
-        epochs = -(-config.steps // per_epoch)
-        return epochs, per_epoch, config.steps
-    return config.epochs, per_epoch, config.epochs * per_epoch
+    return per_epoch, config.steps or config.epochs * per_epoch
+
+
+def learning_rate(config, total_steps):
+    """The paper's poly schedule over the run's total_steps."""
+    from models.training.optimizer import poly_schedule
+
+    return poly_schedule(config.lr, total_steps, config.power)
 
 
 def build_compiled_pspnet(config, total_steps, sync_bn):
     """PSPNet with the recipe's optimizer, losses (main + aux_weight * aux) and val mIoU, compiled."""
     from models.pspnet.model import build_pspnet, head_layer_names
-    from models.training.optimizer import SegmentationSGD, poly_schedule
+    from models.training.optimizer import SegmentationSGD
 
     if config.init_from:
         from models.checkpoints import CheckpointError
@@ -214,7 +222,7 @@ def build_compiled_pspnet(config, total_steps, sync_bn):
             output_stride=config.output_stride, base_width=config.base_width, dropout=config.dropout,
             sync_bn=sync_bn, backbone_weights=config.backbone_weights or None)
     optimizer = SegmentationSGD(
-        poly_schedule(config.lr, total_steps, config.power), momentum=config.momentum, l2=config.weight_decay,
+        learning_rate(config, total_steps), momentum=config.momentum, l2=config.weight_decay,
         head_layers=head_layer_names(model), head_lr_multiplier=config.head_lr_multiplier)
     loss = losses.PixelwiseSoftmaxCrossEntropy(config.num_classes)
     model.compile(
@@ -227,81 +235,65 @@ def build_compiled_pspnet(config, total_steps, sync_bn):
     return model
 
 
-def train_pspnet(config, strategy=None):
-    """Runs (or resumes) one training run; returns the run folder.
+class PSPNetRecipe(Recipe):
+    """PSPNet's part of the shared run (models/training/skeleton.py): Cityscapes, the poly schedule, val mIoU."""
 
-    strategy: a tf.distribute strategy; None builds the one --strategy names.
-    A resumed run continues from the saved step with the data order of an
-    uninterrupted run. Raises SystemExit with a one-line message on a
-    non-finite loss or a failed save (the last good checkpoint stays as it
-    was), and after a stop signal (once saved).
-    """
-    from models.training.run_state import load_run_model
-    from models.training.callbacks import fit_from_step, standard_callbacks
+    monitor, mode = MONITOR, "max"
+    resumable = RESUMABLE
+    total_settings = ("steps", "epochs")
 
-    check_config(config)
-    strategy, state = start_run(config, strategy)
+    def check(self):
+        check_config(self.config)
 
-    num_train = count_train_images(config)
-    if num_train is None:  # TFDS: build it first, then count
-        import tensorflow_datasets as tfds
+    def read_data(self):
+        config = self.config
+        self.num_train = count_train_images(config)
+        if self.num_train is None:  # TFDS: build it first, then count
+            import tensorflow_datasets as tfds
 
-        read_split(config, "train")
-        builder = tfds.builder("cityscapes/semantic_segmentation",
-                               data_dir=config.tfds_data_dir or os.path.join(config.data, "tfds"))
-        num_train = builder.info.splits["train"].num_examples
-    epochs, steps_per_epoch, total_steps = steps_plan(config, num_train)
-    sync_bn = strategy.num_replicas_in_sync > 1
+            read_split(config, "train")
+            builder = tfds.builder("cityscapes/semantic_segmentation",
+                                   data_dir=config.tfds_data_dir or os.path.join(config.data, "tfds"))
+            self.num_train = builder.info.splits["train"].num_examples
 
-    if config.strategy == "multiworker":
-        return train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_steps)
+    def plan(self):
+        return steps_plan(self.config, self.num_train)
 
-    start_step = state["steps_done"] if state else 0
-    with strategy.scope():
-        if state:
-            model = load_run_model(config.out, state)
-            model.jit_compile = config.jit_compile
-        else:
-            model = build_compiled_pspnet(config, total_steps, sync_bn)
-    print(f"training {config.preset}: {epochs} epochs x {steps_per_epoch} steps (batch {config.batch_size}, "
-          f"{strategy.num_replicas_in_sync} replica(s)); starting at epoch {start_step // steps_per_epoch + 1} "
-          f"(step {start_step}); run folder {config.out}")
-    callbacks, _ = standard_callbacks(config.out, monitor=MONITOR, keep=config.keep_checkpoints,
-                                      initial_state=state, save_every=config.save_every)
-    validation = SegmentationValidation(val_dataset(config), config.num_classes, config.aux_weight)
-    fit_from_step(model, lambda skip: train_dataset(config, config.batch_size).skip(skip), start_step=start_step,
-                  steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[validation] + callbacks,
-                  verbose=config.verbose)
-    return config.out
+    def learning_rate(self, total_steps):
+        return learning_rate(self.config, total_steps)
 
+    def build_model(self, total_steps, sync_bn):
+        return build_compiled_pspnet(self.config, total_steps, sync_bn)
 
-def train_multiworker(config, strategy, state, epochs, steps_per_epoch, total_steps):
-    """train_pspnet under MultiWorkerMirroredStrategy: models/training/custom_loop.py with PSPNet's step."""
-    from models.training.custom_loop import train_with_strategy_run
+    def train_dataset(self, skip, input_context=None):
+        return train_dataset(self.config, self.config.batch_size, input_context).skip(skip)
 
-    def make_replica_step(model):
-        loss_main, loss_aux = model.loss["main"], model.loss["aux"]
+    def validation(self):
+        config = self.config
+        return [SegmentationValidation(val_dataset(config), config.num_classes, config.aux_weight)], {}
 
-        @tf.function(jit_compile=config.jit_compile)
+    def make_replica_step(self, model):
+        loss_main, loss_aux, aux_weight = model.loss["main"], model.loss["aux"], self.config.aux_weight
+
+        @tf.function(jit_compile=self.config.jit_compile)
         def replica_step(batch):
             images, labels = batch
             with tf.GradientTape() as tape:
                 outputs = model(images, training=True)
                 # Each replica's loss is its share of the global mean (losses/distribute.py): the summed
                 # gradients are exact.
-                loss = (loss_main(labels["main"], outputs["main"])
-                        + config.aux_weight * loss_aux(labels["aux"], outputs["aux"]))
+                loss = loss_main(labels["main"], outputs["main"]) + aux_weight * loss_aux(labels["aux"], outputs["aux"])
             model.optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
                                                 model.trainable_variables))
             return {"loss": loss}
 
         return replica_step
 
-    return train_with_strategy_run(
-        config, strategy, state, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        build_model=lambda: build_compiled_pspnet(config, total_steps, sync_bn=strategy.num_replicas_in_sync > 1),
-        make_replica_step=make_replica_step,
-        dataset_fn=lambda ctx, start_step: train_dataset(config, config.batch_size, ctx).skip(start_step))
+
+def train_pspnet(config, strategy=None):
+    """Runs (or resumes) one training run until optimizer step --steps; returns the run folder
+    (models.training.skeleton.train, which says what it raises)."""
+    return train(PSPNetRecipe(config), strategy)
 
 
 def run_demo(config):

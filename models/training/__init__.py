@@ -7,18 +7,22 @@ Modules:
                  fit_from_step (Keras fit resumed at a saved step)
     curves       curves.png from history.csv
     custom_loop  the strategy.run loop for multi-worker training
-    recipe       the recipe skeleton: settings shared by every recipe, presets + flags -> a config, strategy,
-                 run start, flag checks
-A family's recipe (models/pspnet/recipe.py, models/mask_rcnn/recipe.py) supplies its model, data and
-validation; train.py dispatches to it.
+    recipe       settings shared by every recipe (with their --help), presets + flags -> a config (a resumed
+                 run: its saved config.json), what --resume may change, strategy, run start, flag checks
+    skeleton     the run every recipe shares (Recipe, train): checks, run start, model, callbacks, fit or the
+                 multi-worker loop, ending at optimizer step --steps
+A family's recipe (models/pspnet/recipe.py, models/mask_rcnn/recipe.py) subclasses skeleton.Recipe with its
+config, presets, checks, data, model and validation; train.py dispatches to it.
 """
 from models.training.callbacks import (
-    NonFiniteLossGuard, RunCheckpoints, StopSignals, fit_from_step, raise_if_interrupted, standard_callbacks,
+    NonFiniteLoss, NonFiniteLossGuard, RunCheckpoints, StopSignals, epoch_spans, fit_from_step, raise_if_interrupted,
+    standard_callbacks,
 )
 from models.training.curves import TrainingCurves, plot_curves
 from models.training.optimizer import SegmentationSGD, WarmupStepDecay, poly_schedule
 
 __all__ = [
-    "NonFiniteLossGuard", "RunCheckpoints", "SegmentationSGD", "StopSignals", "TrainingCurves", "WarmupStepDecay",
-    "fit_from_step", "plot_curves", "poly_schedule", "raise_if_interrupted", "standard_callbacks",
+    "NonFiniteLoss", "NonFiniteLossGuard", "RunCheckpoints", "SegmentationSGD", "StopSignals", "TrainingCurves",
+    "WarmupStepDecay",
+    "epoch_spans", "fit_from_step", "plot_curves", "poly_schedule", "raise_if_interrupted", "standard_callbacks",
 ]

@@ -25,8 +25,13 @@ import threading
 import keras
 import numpy as np
 
-from models.training.run_state import LAST_CHECKPOINT, CheckpointSaveError, read_state, save_run_state
+from data.errors import Stopped, UserError
+from models.training.run_state import LAST_CHECKPOINT, read_state, save_run_state
 from models.training.curves import TrainingCurves
+
+
+class NonFiniteLoss(UserError):
+    """Training stopped at a NaN/inf loss; str() names the step and the last good checkpoint."""
 
 
 # ----------------------------------------------------------------------------
@@ -158,25 +163,38 @@ class RunCheckpoints(keras.callbacks.Callback):
         self._saved_step = step
 
 
-def fit_from_step(model, dataset_fn, *, start_step, steps_per_epoch, epochs, callbacks, **fit_kwargs):
-    """model.fit from optimizer step `start_step` (0, or a resumed run's steps_done) to epochs * steps_per_epoch.
+def epoch_spans(start_step, total_steps, steps_per_epoch):
+    """[(epoch, first step, end step)] of the epochs a run still trains, from start_step until total_steps.
+
+    Epoch k holds optimizer steps [k * steps_per_epoch, (k + 1) * steps_per_epoch): epochs only group
+    validation and checkpoints. The last one is shortened to end at total_steps; the first starts at
+    start_step (a run resumed mid-epoch). Empty when start_step >= total_steps.
+    """
+    spans, epoch = [], start_step // steps_per_epoch
+    while epoch * steps_per_epoch < total_steps:
+        spans.append((epoch, max(epoch * steps_per_epoch, start_step), min((epoch + 1) * steps_per_epoch, total_steps)))
+        epoch += 1
+    return spans
+
+
+def fit_from_step(model, dataset_fn, *, start_step, steps_per_epoch, total_steps, callbacks, **fit_kwargs):
+    """model.fit from optimizer step `start_step` (0, or a resumed run's steps_done) to optimizer step total_steps.
 
     dataset_fn(skip): the training dataset with its first `skip` batches left
-    out, so a resumed run sees the data order an uninterrupted run would. A run
-    resumed mid-epoch first finishes that epoch with a shorter fit. Ends with
-    `raise_if_interrupted`.
+    out, so a resumed run sees the data order an uninterrupted run would. Whole
+    epochs run in one fit; an epoch cut short (the rest of the epoch a run
+    resumed in, the last one ending at total_steps) runs as a fit of its own.
+    Ends with `raise_if_interrupted`; a failed save raises run_state.CheckpointSaveError.
     """
-    epoch, done = divmod(start_step, steps_per_epoch)
-    try:
-        if done and epoch < epochs:
-            model.fit(dataset_fn(start_step), epochs=epoch + 1, initial_epoch=epoch,
-                      steps_per_epoch=steps_per_epoch - done, callbacks=callbacks, **fit_kwargs)
-            epoch += 1
-        if epoch < epochs and not _interrupted(callbacks):
-            model.fit(dataset_fn(epoch * steps_per_epoch), epochs=epochs, initial_epoch=epoch,
-                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, **fit_kwargs)
-    except CheckpointSaveError as error:
-        raise SystemExit(str(error))
+    spans = epoch_spans(start_step, total_steps, steps_per_epoch)
+    while spans and not _interrupted(callbacks):
+        whole = 0  # how many of the next epochs are whole: they share one fit
+        while whole < len(spans) and spans[whole][2] - spans[whole][1] == steps_per_epoch:
+            whole += 1
+        (epoch, first, end), last = spans[0], spans[max(whole, 1) - 1]
+        model.fit(dataset_fn(first), epochs=last[0] + 1, initial_epoch=epoch,
+                  steps_per_epoch=steps_per_epoch if whole else end - first, callbacks=callbacks, **fit_kwargs)
+        spans = spans[max(whole, 1):]
     raise_if_interrupted(callbacks)
 
 
@@ -186,15 +204,23 @@ def _interrupted(callbacks):
 
 
 def raise_if_interrupted(callbacks):
-    """After training: SystemExit with the guard's message after a non-finite loss, or after a stop signal."""
+    """After training: NonFiniteLoss (the guard's message) after a non-finite loss, data.errors.Stopped (exit
+    status 128 + the signal) after a stop signal."""
     saver = next(c for c in callbacks if isinstance(c, RunCheckpoints))
     if saver.guard.failed_at is not None:
-        raise SystemExit(saver.guard.message(saver.run_dir))
+        raise NonFiniteLoss(saver.guard.message(saver.run_dir))
     if saver.stop.signal is not None:
         steps = (saver.state or {}).get("steps_done", 0)
-        print(f"stopped by {signal.Signals(saver.stop.signal).name} after step {steps}, saved in "
-              f"{saver.run_dir}; run the same command with --resume to continue", file=sys.stderr, flush=True)
-        raise SystemExit(128 + saver.stop.signal)
+        raise Stopped(f"stopped by {signal.Signals(saver.stop.signal).name} after step {steps}, saved in "
+                      f"{saver.run_dir}; run the same command with --resume to continue", saver.stop.signal)
+
+
+class History(keras.callbacks.CSVLogger):
+    """history.csv: Keras's CSVLogger, appending from its second fit on (a run may take several fits)."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.append = True
 
 
 def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initial_state=None, is_chief=True,
@@ -210,7 +236,7 @@ def standard_callbacks(run_dir, *, monitor="val_miou", mode="max", keep=3, initi
                                        initial_state=initial_state, is_chief=is_chief, save_every=save_every)]
     if is_chief:
         callbacks += [
-            keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_state is not None),
+            History(os.path.join(run_dir, "history.csv"), append=initial_state is not None),
             TrainingCurves(run_dir, metric=monitor, components=curve_components),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
                                         write_graph=False),

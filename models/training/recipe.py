@@ -1,31 +1,48 @@
-"""What every training recipe shares before its own loop starts: flags from its
-config dataclass, the preset + flags resolution, the tf.distribute strategy and
-the start of a run (precision policy, seed, run folder with config.json).
+"""What every training recipe shares before its own loop starts: flags (with their help) from its
+config dataclass, the preset + flags resolution (a resumed run starts from its saved config.json),
+the tf.distribute strategy and the start of a run (precision policy, seed, run folder).
 
 A recipe (models/pspnet/recipe.py, models/mask_rcnn/recipe.py) is a config
-dataclass whose field names are the CLI flags, a dict of named presets of it,
-and a run function; train.py only picks the family and calls these.
+dataclass whose field names are the CLI flags (each declared with `setting`,
+which carries its --help text), a dict of named presets of it, and a
+models.training.skeleton.Recipe subclass; train.py only picks the family and
+calls these.
 """
 import argparse
 import dataclasses
 import json
 import os
 
+from data.errors import UsageError
+
+CONFIG_FILE = "config.json"
+
+
+def setting(default, help):
+    """A config field with its --help text: `crop: tuple = setting((713, 713), "training crop, H,W")`."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
 
 @dataclasses.dataclass
 class RunSettings:
     """The runtime settings every recipe's config shares (its dataclass inherits them); flags as the fields."""
 
-    strategy: str = "none"  # none | mirrored | multiworker
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    keep_checkpoints: int = 2
-    save_every: int = 0  # also save every N optimizer steps (0: at epoch ends only)
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism: same seed, same weights
-    seed: int = 0
-    verbose: int = 1
+    strategy: str = setting("none", "none (one device), mirrored (every GPU here) or multiworker (TF_CONFIG)")
+    mixed_precision: bool = setting(False, "float16 on a GPU, bfloat16 on a CPU, float32 variables")
+    jit_compile: bool = setting(False, "compile the training step with XLA")
+    keep_checkpoints: int = setting(2, "how many epoch_NNN.keras files to keep (the newest)")
+    save_every: int = setting(0, "also save every N optimizer steps (0: at epoch ends only)")
+    deterministic: bool = setting(False, "same seed, same weights (tf.config.experimental.enable_op_determinism)")
+    seed: int = setting(0, "random seed of the weights, the augmentation and the data order")
+    verbose: int = setting(1, "0: quiet, 1: a progress bar, 2: a line per epoch")
+
 
 STRATEGIES = ("none", "mirrored", "multiworker")
+# What a resumed run may change (honoured, and said in one line each); every other setting makes a different
+# model or different data and is refused. A family adds its own (RESUMABLE of its recipe module).
+RESUMABLE = ("steps", "save_every", "keep_checkpoints", "verbose", "strategy", "jit_compile", "deterministic",
+             "data")
+NOT_COMPARED = ("out", "resume")  # the run folder itself; whether to resume
 
 
 def _parse_tuple(text, cast, pair):
@@ -37,30 +54,48 @@ def _parse_tuple(text, cast, pair):
     return values
 
 
-def build_parser(config_class, presets, description=None):
-    """Flags for every field of config_class (default None = keep the preset's value)."""
+def shown(value):
+    """A setting's value as a user types it: 713,713 for a tuple, true/false for a switch."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else '""'
+
+
+def flag(name):
+    """The flag of a config field: crop_size -> --crop-size."""
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(config_class, presets, description=None, demo=None):
+    """Flags for every field of config_class, each with its help (default None = keep the preset's value)."""
     from data import cli
 
-    parser = cli.ArgumentParser(description=description,
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet")
+    full = presets[next(name for name in presets if name != demo)] if presets else config_class()
+    parser = cli.ArgumentParser(
+        description=description, epilog="A flag not given keeps the preset's value (a resumed run: its saved "
+        "one); the defaults shown are those of the preset used with --data.")
+    parser.add_argument("--model", choices=["pspnet", "mask_rcnn"], default="pspnet",
+                        help="the model family: PSPNet on Cityscapes, or the Mask R-CNN detector on COCO")
     parser.add_argument("--preset", choices=sorted(presets), default=None,
-                        help="named recipe (default: the demo when no --data is given)")
+                        help="named recipe (default: the demo when no --data is given, else "
+                             f"{full.preset})")
     cli.add_debug_flag(parser)
-    defaults = config_class()
     for field in dataclasses.fields(config_class):
         if field.name == "preset":
             continue
-        flag = "--" + field.name.replace("_", "-")
-        value = getattr(defaults, field.name)
+        value = getattr(full, field.name)
+        help_text = f"{field.metadata.get('help', '')} (default: {shown(value)})"
         if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         elif isinstance(value, tuple):
             cast, pair = type(value[0]), field.name in ("crop", "scale_range")
-            parser.add_argument(flag, type=lambda t, c=cast, p=pair: _parse_tuple(t, c, p), default=None,
-                                help=f"comma-separated, e.g. {','.join(map(str, value))} (preset value otherwise)")
+            parser.add_argument(flag(field.name), type=lambda t, c=cast, p=pair: _parse_tuple(t, c, p),
+                                default=None, help=help_text + "; comma-separated")
         else:
-            parser.add_argument(flag, type=type(value), default=None)
+            parser.add_argument(flag(field.name), type=type(value), default=None, help=help_text)
     return parser
 
 
@@ -68,26 +103,79 @@ def resolve_config(args, config_class, presets, demo, full=None):
     """The preset named by --preset (or the default), with every flag that was given applied.
 
     Without --preset: the demo when no --data is given, else `full` (default:
-    the first preset that is not the demo).
+    the first preset that is not the demo). With --resume and a run folder that
+    holds a config.json, the saved config takes the preset's place: a flag not
+    given keeps its saved value (start_run then checks what the given ones change).
     """
     full = full or next(name for name in presets if name != demo)
     name = args.preset or (demo if not args.data else full)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
-                 if f.name != "preset" and getattr(args, f.name, None) is not None}
-    config = dataclasses.replace(presets[name], **overrides)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+             if f.name != "preset" and getattr(args, f.name, None) is not None}
+    config = dataclasses.replace(presets[name], **given)
     if not config.out:
         config = dataclasses.replace(config, out=os.path.join("runs", config.preset))
+    saved = read_saved_config(config.out, config_class) if config.resume else None
+    if saved is not None:
+        given.update(out=config.out, resume=True, **({"preset": args.preset} if args.preset else {}))
+        config = dataclasses.replace(saved, **given)
     if config.strategy not in STRATEGIES:
-        raise SystemExit(f"--strategy must be none, mirrored or multiworker, got {config.strategy!r}")
+        raise UsageError(f"--strategy must be none, mirrored or multiworker, got {config.strategy!r}")
     if not config.data:
-        raise SystemExit("--data is required: the dataset root (python train.py --help)")
+        raise UsageError("--data is required: the dataset root (python train.py --help)")
     return config
 
 
 def parse_config(recipe, argv=None, description=None):
     """argv (default sys.argv[1:]) -> the resolved config of a recipe module (CONFIG, PRESETS, DEMO_PRESET)."""
-    args = build_parser(recipe.CONFIG, recipe.PRESETS, description).parse_args(argv)
+    args = build_parser(recipe.CONFIG, recipe.PRESETS, description, recipe.DEMO_PRESET).parse_args(argv)
     return resolve_config(args, recipe.CONFIG, recipe.PRESETS, recipe.DEMO_PRESET)
+
+
+def read_saved_config(run_dir, config_class):
+    """The config a run folder's config.json holds, as a config_class (None when there is none).
+
+    Settings the file lacks (a run saved before they existed) keep config_class's defaults.
+    """
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise UsageError(f"{path}: holds settings this model family does not have ({', '.join(unknown)}); "
+                         "is it a run of the other --model?")
+    defaults = config_class()
+    values = {name: tuple(value) if isinstance(getattr(defaults, name), tuple) else value
+              for name, value in saved.items()}
+    return dataclasses.replace(defaults, **values)
+
+
+def resume_changes(saved, config, resumable):
+    """[(name, saved value, new value)] of the settings `config` changes against `saved`, a resumed run's config.
+
+    Raises UsageError (one line: the flag, the saved value and the given one) for the first change outside
+    `resumable`, the settings that may differ between the segments of one run.
+    """
+    changes = []
+    for field in dataclasses.fields(config):
+        before, after = getattr(saved, field.name), getattr(config, field.name)
+        if field.name in NOT_COMPARED or before == after:
+            continue
+        if field.name not in resumable:
+            raise UsageError(
+                f"{flag(field.name)} {shown(after)}: the run in {config.out} was trained with "
+                f"{flag(field.name)} {shown(before)}, and a resumed run keeps it (leave the flag out, or start "
+                "a new run with another --out)")
+        changes.append((field.name, before, after))
+    return changes
+
+
+def write_config(config):
+    """The resolved config as the run folder's config.json (what a resumed run starts from)."""
+    with open(os.path.join(config.out, CONFIG_FILE), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
 
 
 def make_strategy(name):
@@ -108,17 +196,21 @@ def is_chief(strategy):
         resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def start_run(config, strategy=None):
-    """Common start of a run: strategy, precision policy, seed, run folder (with config.json).
+def start_run(config, strategy=None, resumable=()):
+    """Common start of a run: strategy, precision policy, seed, run folder; on a resume, what the flags change.
 
-    Returns (strategy, state): state is the saved progress of the run folder
-    (models.training.run_state.read_state) when resuming, else None (always None on
-    a worker that is not the chief: it writes nothing).
+    Returns (strategy, state, changes): state is the saved progress of the run folder
+    (models.training.run_state.read_state) when resuming, else None; changes lists
+    (setting, saved value, new value) for each setting that differs from the run's
+    config.json (resume_changes: a setting outside RESUMABLE + `resumable` is refused
+    here, before anything is written). A worker that is not the chief gets (strategy,
+    None, []): it writes nothing and takes the chief's state (models/training/custom_loop.py).
+    The skeleton writes config.json once it knows there is something to train.
     """
     import keras
     import tensorflow as tf
 
-    from models.training.run_state import RunDirError, prepare_run_dir
+    from models.training.run_state import prepare_run_dir
 
     strategy = strategy or make_strategy(config.strategy)
     check_batch_split(config, strategy.num_replicas_in_sync)
@@ -129,23 +221,16 @@ def start_run(config, strategy=None):
         keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     if not is_chief(strategy):
-        return strategy, None  # other workers write nothing and take the chief's state (models/training/custom_loop.py)
-    try:
-        state = prepare_run_dir(config.out, config.resume)
-    except RunDirError as error:
-        raise SystemExit(str(error))
-    with open(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
-    return strategy, state
+        return strategy, None, []
+    state = prepare_run_dir(config.out, config.resume)
+    saved = read_saved_config(config.out, type(config)) if state else None
+    changes = resume_changes(saved, config, RESUMABLE + tuple(resumable)) if saved else []
+    return strategy, state, changes
 
 
 # ----------------------------------------------------------------------------
 # Checks of a resolved config (data/cli.py: UsageError, one line naming the flag)
 # ----------------------------------------------------------------------------
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
 
 def check_positive(config, names):
     """Every field in `names` (a number or a tuple of numbers) is > 0."""
@@ -154,7 +239,7 @@ def check_positive(config, names):
     for name in names:
         value = getattr(config, name)
         for v in value if isinstance(value, tuple) else (value,):
-            cli.check_positive(_flag(name), v)
+            cli.check_positive(flag(name), v)
 
 
 def check_not_negative(config, names):
@@ -162,13 +247,13 @@ def check_not_negative(config, names):
     from data import cli
 
     for name in names:
-        cli.check_non_negative(_flag(name), getattr(config, name))
+        cli.check_non_negative(flag(name), getattr(config, name))
 
 
 def check_choice(config, name, choices):
     from data import cli
 
-    cli.check_choice(_flag(name), getattr(config, name), choices)
+    cli.check_choice(flag(name), getattr(config, name), choices)
 
 
 def check_out_outside_data(config):

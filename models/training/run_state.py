@@ -36,7 +36,7 @@ class RunDirError(UserError, ValueError):
     """A run folder that cannot be used as asked (one line, names the folder and the flag)."""
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(UserError, RuntimeError):
     """A save that failed (disk full, ...); the message names the checkpoint that is still good."""
 
 

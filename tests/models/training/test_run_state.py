@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data.errors import Stopped
 from models import training
-from models.training import callbacks, run_state
+from models.training import run_state
 
 
 class Killed(BaseException):
@@ -137,10 +138,10 @@ def test_a_full_disk_during_training_stops_with_one_line(tmp_path, monkeypatch):
         real_save(path, *args, **kwargs)
 
     monkeypatch.setattr(model, "save", save_then_fill)
-    with pytest.raises(SystemExit, match=r"step 4 failed \(No space left on device\); the previous checkpoint .* "
-                                         r"\(step 2\) is intact"):
+    with pytest.raises(run_state.CheckpointSaveError, match=r"step 4 failed \(No space left on device\); the "
+                                                         r"previous checkpoint .* \(step 2\) is intact"):
         training.fit_from_step(model, lambda skip: dataset.batch(2).skip(skip), start_step=0, steps_per_epoch=8,
-                               epochs=1, callbacks=callbacks, verbose=0)
+                               total_steps=8, callbacks=callbacks, verbose=0)
     assert json.loads((tmp_path / "state.json").read_text())["steps_done"] == 2
 
 
@@ -155,10 +156,10 @@ def test_a_stop_signal_saves_once_then_stops(tmp_path):
 
     previous = signal.getsignal(signal.SIGTERM)
     dataset = tf.data.Dataset.from_tensor_slices((np.ones((40, 3), np.float32), np.zeros((40, 1), np.float32)))
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(Stopped) as stop:
         training.fit_from_step(model, lambda skip: dataset.batch(2).repeat().skip(skip), start_step=0,
-                               steps_per_epoch=10, epochs=2, callbacks=[SendSignal()] + callbacks, verbose=0)
-    assert stop.value.code == 128 + signal.SIGTERM
+                               steps_per_epoch=10, total_steps=20, callbacks=[SendSignal()] + callbacks, verbose=0)
+    assert stop.value.exit_status == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == previous  # the handlers are put back
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["steps_done"] == int(model.optimizer.iterations.numpy()) == 3 and state["epochs_done"] == 0
@@ -167,7 +168,7 @@ def test_a_stop_signal_saves_once_then_stops(tmp_path):
 
 def test_a_second_signal_exits_at_once(monkeypatch):
     exits = []
-    monkeypatch.setattr(callbacks.os, "_exit", exits.append)
+    monkeypatch.setattr(os, "_exit", exits.append)
     stop = training.StopSignals()
     stop._handle(signal.SIGINT, None)
     assert stop.signal == signal.SIGINT and not exits
@@ -195,7 +196,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights
         if state is None:
             run_state.prepare_run_dir(run_dir, resume=False)
         callbacks, _ = training.standard_callbacks(run_dir, monitor="loss", mode="min", initial_state=state)
-        training.fit_from_step(model, data, start_step=start_step, steps_per_epoch=4, epochs=3,
+        training.fit_from_step(model, data, start_step=start_step, steps_per_epoch=4, total_steps=12,
                                callbacks=list(extra) + callbacks, verbose=0)
 
     uninterrupted, stopped = fresh(), fresh()
@@ -208,7 +209,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights
             if int(self.model.optimizer.iterations.numpy()) == 6:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(Stopped):
         run(stopped, str(tmp_path / "b"), 0, None, extra=[StopAtStep6()])
     state = run_state.prepare_run_dir(str(tmp_path / "b"), resume=True)
     assert state["steps_done"] == 6 and state["epochs_done"] == 1  # in the middle of epoch 2
