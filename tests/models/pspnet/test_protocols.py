@@ -100,19 +100,21 @@ def test_the_fixed_point_reference_is_opencv(source, target):
 # ---- semseg ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    "size, base_size, scales",
+    "size, base_size, scales, crop",
     [
-        ((20, 27), 24, (1.0,)),  # scaled to 18 x 24: padded around the centre in both axes, one window
-        ((31, 40), 33, (1.0,)),  # 26 x 33: one window exactly as wide as the image, padded in height
-        ((45, 61), 96, (1.0,)),  # 71 x 96: 3 x 4 windows, the last ones moved back to the edge
-        ((45, 61), 64, (0.5, 1.0, 1.25)),  # several scales, the smallest padded
+        ((20, 27), 24, (1.0,), 33),  # scaled to 18 x 24: padded around the centre in both axes, one window
+        ((31, 40), 33, (1.0,), 33),  # 26 x 33: one window exactly as wide as the image, padded in height
+        # 71 x 96: 4 x 6 windows every ceil(25 * 2/3) = 17 pixels, the last ones moved back to the edge
+        ((45, 61), 96, (1.0,), 25),
+        # several scales: long sides round(55.5) = 56, 74 and round(92.5) = 92; the smallest padded
+        ((45, 61), 74, (0.75, 1.0, 1.25), 33),
     ],
 )
-def test_semseg_protocol_is_tool_test_py(models, photo, size, base_size, scales):
+def test_semseg_protocol_is_tool_test_py(models, photo, size, base_size, scales, crop):
     image = photo[:size[0], -size[1]:]
     model = models["semseg"]
-    scores, labels = semseg_predict(model, image, crop=33, base_size=base_size, scales=scales, window_batch=5)
-    ref_scores, ref_labels = semseg_test(_forward(model), image, NUM_CLASSES, base_size, 33, scales)
+    scores, labels = semseg_predict(model, image, crop=crop, base_size=base_size, scales=scales, window_batch=5)
+    ref_scores, ref_labels = semseg_test(_forward(model), image, NUM_CLASSES, base_size, crop, scales)
     _check(scores, labels, ref_scores, ref_labels)
 
 
