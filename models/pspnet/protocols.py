@@ -16,7 +16,7 @@ semseg_predict (tool/test.py's test / scale_process / net_process):
   - the image is first resized so that its LONG side is round(scale * base_size)
     (Python's round: half to even), the other side round(long * side / long_side);
     bilinear with half-pixel centres and no antialias (cv2.INTER_LINEAR on the
-    float32 image, which TensorFlow's bilinear resize matches);
+    float32 image);
   - an image smaller than the crop is padded AROUND THE CENTRE (top/left
     int(pad / 2)) with the mean colour, which is zero once normalised;
   - windows every ceil(crop * 2/3) pixels, grid ceil((size - crop) / stride) + 1,
@@ -27,8 +27,8 @@ semseg_predict (tool/test.py's test / scale_process / net_process):
 mmseg_predict (EncoderDecoder.inference / slide_inference / whole_inference,
 MultiScaleFlipAug + Resize(keep_ratio=True) + RandomFlip of the test pipeline):
   - each ratio r gives a target scale (int(long * r), int(short * r)); the image
-    is rescaled by min(long / max(H, W), short / min(H, W)) to
-    int(W * f + 0.5) x int(H * f + 0.5) (mmcv.imrescale) from uint8 to uint8;
+    is rescaled by f = min(long / max(H, W), short / min(H, W)) to
+    int(H * f + 0.5) x int(W * f + 0.5) (mmcv.imrescale), uint8 to uint8;
   - "whole": the model runs on the whole resized image; "slide": windows at
     multiples of the stride, max(size - crop + stride - 1, 0) // stride + 1 of
     them, moved back to end at the edge, a window never larger than the image

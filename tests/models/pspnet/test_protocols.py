@@ -91,7 +91,7 @@ def test_opencv_resize_is_cv2_inter_linear(photo, source, target):
 
 @pytest.mark.parametrize("source, target", RESIZES + [((1024, 2048), (1025, 2049))])
 def test_the_fixed_point_reference_is_opencv(source, target):
-    cv2 = pytest.importorskip("cv2", reason="OpenCV is not a dependency; this checks the reference where it is installed")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is no dependency; this checks the reference where it is installed")
     image = np.random.default_rng(0).integers(0, 256, source + (3,), dtype=np.uint8)
     np.testing.assert_array_equal(cv2_linear_uint8(image, target[1], target[0]),
                                   cv2.resize(image, target[::-1], interpolation=cv2.INTER_LINEAR))
