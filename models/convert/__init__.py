@@ -25,6 +25,11 @@ CONVERTERS = {
     "torchvision-maskrcnn-v2": ("models.convert.torchvision", "convert_maskrcnn_v2"),
     "torchvision-resnet50": ("models.convert.torchvision", "convert_resnet50"),
 }
+# SOURCE -> (module, function) that also returns the source's own test settings read from the checkpoint
+# (model, test_settings or None), in the same single read: convert_checkpoint records them in the provenance.
+WITH_TEST_SETTINGS = {
+    "mmseg-pspnet": ("models.convert.semseg_mmseg", "convert_mmseg_with_test_settings"),
+}
 
 
 def convert(source, checkpoint, *, progress=None):
@@ -36,7 +41,6 @@ def convert(source, checkpoint, *, progress=None):
     return getattr(importlib.import_module(module_name), function_name)(checkpoint, progress=progress)
 
 
-
 def convert_checkpoint(source, checkpoint, out, *, check_hash=True, progress=None):
     """Converts `checkpoint` and writes OUT (.keras) with its provenance; returns the keras.Model.
 
@@ -46,8 +50,13 @@ def convert_checkpoint(source, checkpoint, out, *, check_hash=True, progress=Non
     digest = provenance.sha256(checkpoint)
     if check_hash:
         provenance.check_hash(checkpoint, digest)
-    model = convert(source, checkpoint, progress=progress)
+    if source in WITH_TEST_SETTINGS:
+        module_name, function_name = WITH_TEST_SETTINGS[source]
+        model, test_settings = getattr(importlib.import_module(module_name), function_name)(checkpoint,
+                                                                                           progress=progress)
+    else:
+        model, test_settings = convert(source, checkpoint, progress=progress), None
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     model.save(out)
-    provenance.write_provenance(out, provenance.record(source, checkpoint, digest, model))
+    provenance.write_provenance(out, provenance.record(source, checkpoint, digest, model, test_settings))
     return model

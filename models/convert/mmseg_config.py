@@ -105,3 +105,48 @@ def pspnet_settings(config, source):
 
 def _ints(value):
     return tuple(value) if isinstance(value, (tuple, list)) else value
+
+
+def test_settings(config, test_cfg):
+    """mmsegmentation's own test of the model: {mode, crop_size, stride, img_scale}, each where the config says it.
+
+    config: parse_config_text's result; test_cfg: pspnet_settings(...)["test_cfg"]. mode is "whole"
+    or "slide"; crop_size and stride [h, w] of a "slide" test_cfg; img_scale [long, short] of the
+    test pipeline's MultiScaleFlipAug (0.x layout: data.test.pipeline, else test_pipeline), the
+    size each image is rescaled to (mmcv.imrescale, aspect ratio kept). Values as lists (JSON).
+    """
+    settings = {}
+    mode = test_cfg.get("mode")
+    if mode in ("whole", "slide"):
+        settings["mode"] = mode
+    if mode == "slide":
+        for key in ("crop_size", "stride"):
+            pair = _pair(test_cfg.get(key))
+            if pair is not None:
+                settings[key] = pair
+    img_scale = _test_img_scale(config)
+    if img_scale is not None:
+        settings["img_scale"] = img_scale
+    return settings
+
+
+def _test_img_scale(config):
+    data = config.get("data")
+    test = data.get("test") if isinstance(data, dict) else None
+    pipelines = [test.get("pipeline") if isinstance(test, dict) else None, config.get("test_pipeline")]
+    for pipeline in pipelines:
+        for step in pipeline if isinstance(pipeline, (list, tuple)) else ():
+            if isinstance(step, dict) and str(step.get("type", "")).rpartition(".")[2] == "MultiScaleFlipAug":
+                scale = step.get("img_scale")
+                if isinstance(scale, list) and len(scale) == 1:  # [(2048, 1024)]: one scale given as a list
+                    scale = scale[0]
+                return _pair(scale)
+    return None
+
+
+def _pair(value):
+    """[a, b] for a pair of positive ints (a tuple or list), else None."""
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return [int(v) for v in value]
+    return None

@@ -8,7 +8,8 @@
 - The record a converted .keras carries (provenance.json inside the .keras zip,
   beside Keras's own entries, which Keras ignores when loading): the source, the
   file name, its SHA-256, and, when the file is a known release, its name, the
-  metric its source publishes for it and the protocol that measures it.
+  metric its source publishes for it and the protocol that measures it, and the
+  source's own test settings where the checkpoint states them ("test_settings").
   models.keras_files.read_provenance reads it back; describe() is the one line
   predict.py and evaluate.py print.
 """
@@ -105,8 +106,13 @@ def check_hash(path, digest=None):
                            "this check, e.g. for a file renamed by hand)")
 
 
-def record(source, path, digest, model):
-    """The provenance of `model` converted from `path` (SHA-256 `digest`) as SOURCE (a CONVERTERS key)."""
+def record(source, path, digest, model, test_settings=None):
+    """The provenance of `model` converted from `path` (SHA-256 `digest`) as SOURCE (a CONVERTERS key).
+
+    test_settings: the source's own test of the model as its checkpoint states it (mmsegmentation:
+    {mode, crop_size, stride, img_scale}; evaluate.py --protocol mmseg reads them), kept under
+    "test_settings" when given.
+    """
     name = os.path.basename(str(path))
     release = RELEASES.get(name)
     if release is None and source == "semseg-pspnet" and name == "train_epoch_200.pth":
@@ -116,6 +122,8 @@ def record(source, path, digest, model):
     result = {"source": source, "file": name, "sha256": digest}
     if release is not None:
         result["release"] = dataclasses.asdict(release)
+    if test_settings:
+        result["test_settings"] = test_settings
     return result
 
 

@@ -24,7 +24,9 @@ auxiliary head are read from the weights.
   Cityscapes 769x769 models set align_corners=True: layout "mmseg_769x769");
   a checkpoint whose config is not "-D8" (dilations (1, 1, 2, 4),
   contract_dilation=True) is refused. Without a config, "-D8" with
-  align_corners=False (the 512x1024 models) is assumed.
+  align_corners=False (the 512x1024 models) is assumed. The same config gives
+  mmsegmentation's own test settings (test_cfg, the test pipeline's img_scale):
+  convert_mmseg_with_test_settings returns them for the converted file's provenance.
 
 Input normalisation: both sources feed (RGB - 255 * [0.485, 0.456, 0.406]) /
 (255 * [0.229, 0.224, 0.225]) (semseg's tool/test.py; mmsegmentation's
@@ -35,7 +37,7 @@ import dataclasses
 
 from models.pspnet.model import build_pspnet
 from models.resnet import resnet_depth
-from models.convert.mmseg_config import parse_config_text, pspnet_settings
+from models.convert.mmseg_config import parse_config_text, pspnet_settings, test_settings
 from models.convert.torch_reader import CheckpointMismatch, read_state_dict, set_batch_norm, set_conv, set_resnet
 
 BINS = (1, 2, 3, 6)  # both sources' pyramid (semseg's bins, mmsegmentation's pool_scales)
@@ -79,12 +81,31 @@ def convert_mmseg(checkpoint, *, progress=None):
     Raises CheckpointMismatch (one line naming the file) for a checkpoint that does not fit.
     progress: a data.progress.Progress over the tensors assigned (None: shown on stderr).
     """
-    return _convert(checkpoint, _MMSEG, progress)
+    return convert_mmseg_with_test_settings(checkpoint, progress=progress)[0]
+
+
+def convert_mmseg_with_test_settings(checkpoint, *, progress=None):
+    """convert_mmseg, and mmsegmentation's own test settings read from the same single read of the checkpoint.
+
+    Returns (model, test_settings): mmseg_config.test_settings of the config text the checkpoint
+    stores ({mode, crop_size, stride, img_scale}, each where it says it), None without a config.
+    models.convert.convert_checkpoint records them in the converted file's provenance.
+    """
+    state, meta = read_state_dict(checkpoint, progress=progress)
+    config = _mmseg_config(meta, checkpoint)
+    settings = pspnet_settings(config, checkpoint) if config is not None else None
+    layout = "mmseg_769x769" if settings and settings["align_corners"] else "mmseg"
+    model = _build(checkpoint, state, _MMSEG, layout)
+    return model, (test_settings(config, settings["test_cfg"]) if settings is not None else None)
 
 
 def _convert(checkpoint, source, progress):
-    state, meta = read_state_dict(checkpoint, progress=progress)
-    layout = _mmseg_layout(meta, checkpoint) if source is _MMSEG else source.layout
+    state, _ = read_state_dict(checkpoint, progress=progress)
+    return _build(checkpoint, state, source, source.layout)
+
+
+def _build(checkpoint, state, source, layout):
+    """The PSPNet of `layout` holding the tensors of `state` (named as `source` names them)."""
     classifier_key = source.head_keys["head_classifier"] + ".weight"
     if classifier_key not in state:
         raise CheckpointMismatch(
@@ -112,14 +133,11 @@ def _convert(checkpoint, source, progress):
     return model
 
 
-def _mmseg_layout(meta, checkpoint):
-    """"mmseg" or "mmseg_769x769" from the config text in an mmsegmentation checkpoint's meta, if it has one."""
+def _mmseg_config(meta, checkpoint):
+    """The parsed config text in an mmsegmentation checkpoint's meta, or None if it has none."""
     info = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
     text = info.get("config", info.get("cfg"))  # 0.x stores "config", mmengine-era checkpoints "cfg"
-    if not isinstance(text, str):
-        return "mmseg"
-    settings = pspnet_settings(parse_config_text(text, checkpoint), checkpoint)
-    return "mmseg_769x769" if settings["align_corners"] else "mmseg"
+    return parse_config_text(text, checkpoint) if isinstance(text, str) else None
 
 
 def _head_key(layer_name, source):

@@ -95,6 +95,9 @@ def test_an_mmseg_0x_checkpoint_as_published_converts_with_its_provenance(tmp_pa
     assert provenance["sha256"] == hashlib.sha256(published.read_bytes()).hexdigest()
     assert (provenance["source"], provenance["file"]) == ("mmseg-pspnet", RELEASE_769)
     assert provenance["release"]["metric"] == "mIoU 79.59 (ms+flip 80.69)"
+    # mmsegmentation's own test, as the config's test_cfg and test pipeline state it (--protocol mmseg reads it).
+    assert provenance["test_settings"] == {"mode": "slide", "crop_size": [769, 769], "stride": [513, 513],
+                                           "img_scale": [2049, 1025]}
     assert describe_provenance(provenance).startswith(f"converted from {RELEASE_769} (mmseg-pspnet, sha256 ")
 
 
@@ -108,7 +111,8 @@ def test_a_truncated_download_is_refused_before_it_is_read(tmp_path, torch_seed)
     assert expected_hash(named) == prefix and expected_hash(plain) is None
     assert convert_checkpoint("mmseg-pspnet", str(named), str(tmp_path / "ok.keras")).layout == "mmseg"
     assert read_provenance(tmp_path / "ok.keras") == {
-        "source": "mmseg-pspnet", "file": named.name, "sha256": hashlib.sha256(named.read_bytes()).hexdigest()}
+        "source": "mmseg-pspnet", "file": named.name, "sha256": hashlib.sha256(named.read_bytes()).hexdigest(),
+        "test_settings": {"mode": "slide", "crop_size": [769, 769], "stride": [513, 513], "img_scale": [2049, 1025]}}
 
     named.write_bytes(plain.read_bytes()[:-1000])  # a download cut short
     with pytest.raises(HashMismatch, match=rf"pspnet_mine-{prefix}\.pth: SHA-256 .* does not match the {prefix}"):
