@@ -36,12 +36,25 @@ def build_parser():
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
     parser.add_argument("--tfds", action="store_true", models=psp,
                         help="read --data as the folder with the Cityscapes zips (TFDS)")
+    # The test protocol and its settings (models/pspnet/protocol_settings.py says which flags each one reads).
+    parser.add_argument("--protocol", choices=["ours", "semseg", "mmseg"], default="ours", models=psp,
+                        help="ours: this project's inference; semseg: hszhao/semseg's tool/test.py; mmseg: "
+                             "mmsegmentation's test with the model's own settings (default: ours)")
     parser.add_argument("--sliding", action="store_true", models=psp,
-                        help="sliding-window inference (default: whole image)")
-    parser.add_argument("--crop", type=cli.parse_pair, default=(713, 713), models=psp,
-                        help="sliding window size: 713 or H,W like 713,713")
-    parser.add_argument("--flip", action="store_true", models=psp, help="average with the horizontally flipped image")
-    parser.add_argument("--scales", default="1", models=psp, help="multi-scale factors, e.g. 0.5,0.75,1,1.25")
+                        help="sliding-window inference (default: whole image; mmseg: the model's own mode)")
+    parser.add_argument("--crop", type=cli.parse_pair, default=None, models=psp,
+                        help="sliding window size: 713 or H,W like 713,713 (default: 713; mmseg: the model's own)")
+    parser.add_argument("--stride", type=cli.parse_pair, default=None, models=psp,
+                        help="sliding window step H,W (default: ceil(2/3 of --crop); mmseg: the model's own)")
+    parser.add_argument("--flip", action="store_true", models=psp,
+                        help="average with the horizontally flipped image (semseg: always)")
+    parser.add_argument("--scales", default="1", models=psp,
+                        help="multi-scale factors, e.g. 0.5,0.75,1,1.25 (mmseg: its img_ratios)")
+    parser.add_argument("--base-size", type=int, default=None, models=psp,
+                        help="--protocol semseg: the long side at scale 1 (default: 2048)")
+    parser.add_argument("--test-scale", type=cli.parse_pair, default=None, models=psp,
+                        help="--protocol mmseg: rescale each image to fit LONG,SHORT like 2048,1024 "
+                             "(default: the model's own)")
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
     parser.add_argument("--boxes", choices=["detector", "gt"], default="detector", models=mrcnn,
                         help="detector = detect from raw images (bbox and segm AP); "
@@ -56,12 +69,10 @@ def build_parser():
 
 
 def check_args(args):
-    """Checks the parsed flags (raises data.cli.UsageError naming the flag); parses --scales."""
+    """Checks the parsed flags (raises data.cli.UsageError naming the flag); PSPNet's inference flags are
+    checked by resolve_protocol."""
     from data import cli
 
-    for side in args.crop:
-        cli.check_positive("--crop", side)
-    args.scales = cli.parse_scales("--scales", args.scales)
     cli.check_non_negative("--max-images", args.max_images, " (0 evaluates every image)")
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
         if value is not None:
@@ -71,18 +82,36 @@ def check_args(args):
     return args
 
 
+def print_provenance(checkpoint, protocol=None):
+    """Prints where a converted checkpoint came from (one line, if it records it) and a source's protocol."""
+    from models.keras_files import describe_provenance, read_provenance
+
+    provenance = read_provenance(checkpoint)
+    if provenance:
+        print(describe_provenance(provenance), flush=True)
+    if protocol is not None and protocol.name != "ours":
+        print(protocol.describe(), flush=True)
+
+
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, evaluates; returns the metrics dict."""
     from data import cli
     from data.progress import Progress
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     progress = Progress(quiet=args.quiet)
     with cli.user_errors(args.debug):
         check_args(args)
+        protocol = None
+        if args.model == "pspnet":
+            from models.pspnet.protocol_settings import resolve_protocol
+
+            protocol = resolve_protocol(args, cli.given_flags(parser, argv), args.checkpoint)
         if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
             raise cli.UsageError(f"--out {args.out}: holds an earlier evaluation (metrics.json); "
                                  "pass --overwrite or another --out")
+        print_provenance(args.checkpoint, protocol)
         if args.model == "mask_rcnn":
             from models.mask_rcnn.evaluation import evaluate_on_coco
 
@@ -93,8 +122,7 @@ def main(argv=None):
         from models.pspnet.evaluation import evaluate_on_cityscapes
 
         return evaluate_on_cityscapes(args.checkpoint, args.data, args.out, split=args.split, tfds=args.tfds,
-                                      sliding=args.sliding, crop_size=args.crop, flip=args.flip, scales=args.scales,
-                                      max_images=args.max_images, skip_bad=args.skip_bad,
+                                      protocol=protocol, max_images=args.max_images, skip_bad=args.skip_bad,
                                       progress=progress)
 
 

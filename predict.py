@@ -38,12 +38,25 @@ def build_parser():
                         help="image files, and folders whose images (walked, sorted) are all predicted")
     parser.add_argument("--out", required=True, help="folder for the masks, overlays (and detections.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    # The test protocol and its settings (models/pspnet/protocol_settings.py says which flags each one reads).
+    parser.add_argument("--protocol", choices=["ours", "semseg", "mmseg"], default="ours", models=psp,
+                        help="ours: this project's inference; semseg: hszhao/semseg's tool/test.py; mmseg: "
+                             "mmsegmentation's test with the model's own settings (default: ours)")
     parser.add_argument("--sliding", action="store_true", models=psp,
-                        help="sliding-window inference (default: whole image)")
-    parser.add_argument("--crop", type=cli.parse_pair, default=(713, 713), models=psp,
-                        help="sliding window size: 713 or H,W like 713,713")
-    parser.add_argument("--flip", action="store_true", models=psp, help="average with the horizontally flipped image")
-    parser.add_argument("--scales", default="1", models=psp, help="multi-scale factors, e.g. 0.75,1,1.25")
+                        help="sliding-window inference (default: whole image; mmseg: the model's own mode)")
+    parser.add_argument("--crop", type=cli.parse_pair, default=None, models=psp,
+                        help="sliding window size: 713 or H,W like 713,713 (default: 713; mmseg: the model's own)")
+    parser.add_argument("--stride", type=cli.parse_pair, default=None, models=psp,
+                        help="sliding window step H,W (default: ceil(2/3 of --crop); mmseg: the model's own)")
+    parser.add_argument("--flip", action="store_true", models=psp,
+                        help="average with the horizontally flipped image (semseg: always)")
+    parser.add_argument("--scales", default="1", models=psp,
+                        help="multi-scale factors, e.g. 0.5,0.75,1,1.25 (mmseg: its img_ratios)")
+    parser.add_argument("--base-size", type=int, default=None, models=psp,
+                        help="--protocol semseg: the long side at scale 1 (default: 2048)")
+    parser.add_argument("--test-scale", type=cli.parse_pair, default=None, models=psp,
+                        help="--protocol mmseg: rescale each image to fit LONG,SHORT like 2048,1024 "
+                             "(default: the model's own)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask, in [0, 1]")
     parser.add_argument("--score-threshold", type=float, default=0.5, models=mrcnn,
                         help="keep detections scoring at least this, in [0, 1]")
@@ -55,16 +68,14 @@ def build_parser():
 
 
 def check_args(args):
-    """Checks the parsed flags (raises data.cli.UsageError naming the flag); parses --scales.
+    """Checks the parsed flags (raises data.cli.UsageError naming the flag); PSPNet's inference flags are
+    checked by resolve_protocol.
 
     --out may not lie inside an input folder: the next run over that folder would take the
     masks written there for photos.
     """
     from data import cli
 
-    for side in args.crop:
-        cli.check_positive("--crop", side)
-    args.scales = cli.parse_scales("--scales", args.scales)
     cli.check_fraction("--alpha", args.alpha)
     cli.check_fraction("--score-threshold", args.score_threshold)
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
@@ -77,16 +88,34 @@ def check_args(args):
     return args
 
 
+def print_provenance(checkpoint, protocol=None):
+    """Prints where a converted checkpoint came from (one line, if it records it) and a source's protocol."""
+    from models.keras_files import describe_provenance, read_provenance
+
+    provenance = read_provenance(checkpoint)
+    if provenance:
+        print(describe_provenance(provenance), flush=True)
+    if protocol is not None and protocol.name != "ours":
+        print(protocol.describe(), flush=True)
+
+
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, predicts; returns the overlay paths written."""
     from data import cli, images
     from data.progress import Progress
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     progress = Progress(quiet=args.quiet)
     with cli.user_errors(args.debug):
         check_args(args)
+        protocol = None
+        if args.model == "pspnet":
+            from models.pspnet.protocol_settings import resolve_protocol
+
+            protocol = resolve_protocol(args, cli.given_flags(parser, argv), args.checkpoint)
         paths = images.find_images(args.inputs)  # before the checkpoint: a wrong path is found in seconds
+        print_provenance(args.checkpoint, protocol)
         if args.model == "mask_rcnn":
             from models.mask_rcnn.loading import inference_sizes, load_detector
             from models.mask_rcnn.prediction import predict_files
@@ -100,8 +129,7 @@ def main(argv=None):
         from models.pspnet.prediction import predict_files
 
         model = load_inference_model(args.checkpoint)
-        return predict_files(model, paths, args.out, mode="sliding" if args.sliding else "whole",
-                             crop_size=args.crop, flip=args.flip, scales=args.scales, alpha=args.alpha,
+        return predict_files(model, paths, args.out, protocol=protocol, alpha=args.alpha,
                              overwrite=args.overwrite, skip_bad=args.skip_bad, progress=progress)
 
 

@@ -4,7 +4,8 @@
     metrics = evaluate_pspnet(model, dataset, "eval/")   # any model or callable, any eval dataset
 
 Output folder OUT: metrics.json (mIoU, per_class_iou, pixel_accuracy,
-mean_class_accuracy, confusion_matrix), <city>_<seq>_<frame>_pred_labelIds.png
+mean_class_accuracy, confusion_matrix, protocol: the test protocol's name and
+settings), <city>_<seq>_<frame>_pred_labelIds.png
 (single-channel labelIds, what the official evaluator and the test server
 read: `CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling`), confusion_matrix.png,
 and colour previews in OUT/color/color_<city>_<seq>_<frame>.png. The evaluator
@@ -112,14 +113,17 @@ def plot_confusion(confusion, class_names, path):
 
 
 def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", crop_size=(713, 713), stride=None,
-                    flip=False, scales=(1.0,), write_predictions=True, progress=None, total=None):
+                    flip=False, scales=(1.0,), write_predictions=True, progress=None, total=None, protocol=None):
     """Scores `model` on an eval dataset and writes predictions; returns the metrics dict.
 
     model: what models.pspnet.inference.predict_logits takes (a PSPNet, or a
     callable [N, h, w, 3] float32 -> logits [N, h, w, C]).
     dataset: batches {"image": [B, H, W, 3] float32 normalised, "label": [B, H, W] int32 trainIds, "id": [B]}
-    as data.cityscapes.eval_pipeline makes them.
-    mode, crop_size, stride, flip, scales: as predict_logits.
+    as data.cityscapes.eval_pipeline makes them; for a protocol other than "ours", the images
+    uint8 RGB as read (raw_eval_pipeline), each predicted on its own.
+    mode, crop_size, stride, flip, scales: as predict_logits (the "ours" protocol).
+    protocol: a models.pspnet.protocol_settings.TestProtocol (None: "ours" with the arguments above);
+    metrics["protocol"] records its name and settings.
     Writes out_dir/metrics.json and confusion_matrix.png, and with
     write_predictions the labelIds PNGs and colour previews (module docstring).
     progress: a data.progress.Progress (None: shown on stderr), over `total` images (None: unknown).
@@ -127,14 +131,18 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     from data import cityscapes, images
     from data.progress import as_progress
     from models.pspnet.inference import colorize, predict_classes, predict_logits
+    from models.pspnet.protocol_settings import TestProtocol
 
+    if protocol is None:
+        protocol = TestProtocol("ours", dict(mode=mode, crop_size=crop_size, stride=stride, flip=flip, scales=scales))
     scores = SegmentationScores(num_classes)
     os.makedirs(os.path.join(out_dir, "color"), exist_ok=True)
     with as_progress(progress).bar(total, "evaluating") as bar:
         for batch in dataset:
-            probabilities = predict_logits(model, batch["image"], mode=mode, crop_size=crop_size, stride=stride,
-                                           flip=flip, scales=scales)
-            predictions = predict_classes(probabilities).numpy()
+            if protocol.name == "ours":  # the batch at once, normalised by the pipeline
+                predictions = predict_classes(predict_logits(model, batch["image"], **protocol.settings)).numpy()
+            else:  # the source's protocol: one uint8 image at a time
+                predictions = np.stack([protocol.predict(model, rgb) for rgb in batch["image"].numpy()])
             for i, example_id in enumerate(batch["id"].numpy()):
                 example_id = example_id.decode()
                 scores.update(batch["label"][i].numpy(), predictions[i])
@@ -147,20 +155,38 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
                 bar.update()
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])
+    metrics["protocol"] = protocol.as_dict()
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     plot_confusion(scores.confusion, list(metrics["per_class_iou"]), os.path.join(out_dir, "confusion_matrix.png"))
     return metrics
 
 
+def raw_eval_pipeline(elements):
+    """Decoded elements -> batches of one {"image": uint8 [1, H, W, 3] RGB as read, "label": int32 [1, H, W]
+    trainIds (if the elements have labels), "id": string [1]}: what the sources' protocols take."""
+    import tensorflow as tf
+
+    from data.cityscapes import to_train_ids
+
+    def prepare(element):
+        prepared = {"id": element["id"], "image": tf.cast(element["image"], tf.uint8)}
+        if "label" in element:
+            prepared["label"] = tf.cast(to_train_ids(element["label"]), tf.int32)
+        return prepared
+
+    return elements.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(1).prefetch(tf.data.AUTOTUNE)
+
+
 def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=False, sliding=False, crop_size=713,
-                           flip=False, scales=(1.0,), max_images=0, skip_bad=False, progress=None):
+                           flip=False, scales=(1.0,), max_images=0, skip_bad=False, progress=None, protocol=None):
     """Evaluates a .keras PSPNet on a Cityscapes split into out_dir; prints the scores; returns the metrics dict.
 
     data_dir: the Cityscapes root (leftImg8bit/, gtFine/), or with tfds the
     folder with the official zips (TFDS builds its records in data_dir/tfds).
     sliding: crop_size windows (else the whole image); flip, scales: as
-    models.pspnet.inference.predict_logits. max_images: the first N only (0 = all).
+    models.pspnet.inference.predict_logits. protocol: a models.pspnet.protocol_settings.TestProtocol
+    (None: "ours" with sliding, crop_size, flip, scales). max_images: the first N only (0 = all).
     skip_bad: examples with an unreadable image or label are left out with a
     warning each and a count at the end. Writes into out_dir what
     evaluate_pspnet writes (replacing earlier files of the same names).
@@ -186,14 +212,17 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
             raise UsageError(f"--data: {error}") from None
     model = load_inference_model(checkpoint)  # after the data: a wrong data_dir is found in seconds
     total = dataset_length(elements)
-    dataset = cityscapes.eval_pipeline(elements, batch_size=1)
+    if protocol is None or protocol.name == "ours":
+        dataset = cityscapes.eval_pipeline(elements, batch_size=1)
+    else:
+        dataset = raw_eval_pipeline(elements)
     if max_images:
         dataset = dataset.take(max_images)
         total = None if total is None else min(total, max_images)
     try:
         metrics = evaluate_pspnet(model, dataset, out_dir, num_classes=model.output.shape[-1],
                                   mode="sliding" if sliding else "whole", crop_size=crop_size, flip=flip,
-                                  scales=scales, progress=progress, total=total)
+                                  scales=scales, progress=progress, total=total, protocol=protocol)
     except tf.errors.InvalidArgumentError as error:
         examples = None
         if not tfds:
