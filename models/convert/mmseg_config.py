@@ -107,7 +107,7 @@ def _ints(value):
     return tuple(value) if isinstance(value, (tuple, list)) else value
 
 
-def test_settings(config, test_cfg):
+def read_test_settings(config, test_cfg):
     """mmsegmentation's own test of the model: {mode, crop_size, stride, img_scale}, each where the config says it.
 
     config: parse_config_text's result; test_cfg: pspnet_settings(...)["test_cfg"]. mode is "whole"

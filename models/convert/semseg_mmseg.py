@@ -37,7 +37,7 @@ import dataclasses
 
 from models.pspnet.model import build_pspnet
 from models.resnet import resnet_depth
-from models.convert.mmseg_config import parse_config_text, pspnet_settings, test_settings
+from models.convert.mmseg_config import parse_config_text, pspnet_settings, read_test_settings
 from models.convert.torch_reader import CheckpointMismatch, read_state_dict, set_batch_norm, set_conv, set_resnet
 
 BINS = (1, 2, 3, 6)  # both sources' pyramid (semseg's bins, mmsegmentation's pool_scales)
@@ -87,7 +87,7 @@ def convert_mmseg(checkpoint, *, progress=None):
 def convert_mmseg_with_test_settings(checkpoint, *, progress=None):
     """convert_mmseg, and mmsegmentation's own test settings read from the same single read of the checkpoint.
 
-    Returns (model, test_settings): mmseg_config.test_settings of the config text the checkpoint
+    Returns (model, test_settings): mmseg_config.read_test_settings of the config text the checkpoint
     stores ({mode, crop_size, stride, img_scale}, each where it says it), None without a config.
     models.convert.convert_checkpoint records them in the converted file's provenance.
     """
@@ -96,7 +96,7 @@ def convert_mmseg_with_test_settings(checkpoint, *, progress=None):
     settings = pspnet_settings(config, checkpoint) if config is not None else None
     layout = "mmseg_769x769" if settings and settings["align_corners"] else "mmseg"
     model = _build(checkpoint, state, _MMSEG, layout)
-    return model, (test_settings(config, settings["test_cfg"]) if settings is not None else None)
+    return model, (read_test_settings(config, settings["test_cfg"]) if settings is not None else None)
 
 
 def _convert(checkpoint, source, progress):

@@ -75,15 +75,20 @@ def test_every_flag_has_a_help_text(name):
 
 
 # What the issue lists: the flags one model family uses (evaluate.py and predict.py), the others' are refused.
+PROTOCOL_FLAGS = {"--protocol": "pspnet", "--stride": "pspnet", "--base-size": "pspnet", "--test-scale": "pspnet"}
 MODEL_ONLY = {
     "evaluate.py": {"--tfds": "pspnet", "--sliding": "pspnet", "--crop": "pspnet", "--flip": "pspnet",
                     "--scales": "pspnet", "--skip-bad": "pspnet", "--boxes": "mask_rcnn",
-                    "--class-source": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn"},
+                    "--class-source": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
+                    **PROTOCOL_FLAGS},
     "predict.py": {"--sliding": "pspnet", "--crop": "pspnet", "--flip": "pspnet", "--scales": "pspnet",
-                   "--score-threshold": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn"},
+                   "--score-threshold": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
+                   **PROTOCOL_FLAGS},
 }
 VALUES = {"--crop": ["5"], "--scales": ["1"], "--boxes": ["detector"], "--class-source": ["predicted"],
-          "--short-side": ["800"], "--long-side": ["1333"], "--score-threshold": ["0.5"]}  # the defaults, given
+          "--short-side": ["800"], "--long-side": ["1333"], "--score-threshold": ["0.5"],
+          "--protocol": ["ours"], "--stride": ["5"], "--base-size": ["2048"],
+          "--test-scale": ["2048,1024"]}  # the defaults (or a value), given
 OTHER = {"pspnet": "mask_rcnn", "mask_rcnn": "pspnet"}
 REQUIRED = {"evaluate.py": ["--checkpoint", "c.keras", "--data", "d", "--out", "o"],
             "predict.py": ["--checkpoint", "c.keras", "a.png", "--out", "o"]}
