@@ -2,6 +2,7 @@
 
     python evaluate.py --model pspnet --checkpoint runs/x/best.keras --data /data/cityscapes --split val --out eval/
     python evaluate.py ... --sliding --flip --scales 0.5,0.75,1,1.25,1.5,1.75
+    python evaluate.py ... --protocol semseg     # or mmseg: a source's own test (models/pspnet/protocol_settings.py)
     python evaluate.py --model mask_rcnn --checkpoint FILE --data COCO_DIR --split val --out DIR   # from raw images
     python evaluate.py --model mask_rcnn --boxes gt --checkpoint FILE --data COCO_DIR --split val --out DIR
 

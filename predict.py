@@ -2,6 +2,7 @@
 
     python predict.py --checkpoint runs/x/best.keras photo.jpg more_photos/ --out predictions/
     python predict.py --checkpoint ... IMAGES --out DIR --sliding --crop 713 --flip --scales 0.75,1,1.25
+    python predict.py --checkpoint pspnet50_mmseg.keras IMAGES --out DIR --protocol mmseg   # or semseg
     python predict.py --model mask_rcnn --checkpoint maskrcnn.keras photo.jpg --out detections/ --score-threshold 0.5
 
 Any size and any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...); greyscale,

@@ -55,13 +55,13 @@ class TestProtocol:
 
     def predict(self, model, rgb):
         """uint8 [H, W, 3] RGB -> trainIds [H, W] int32 (model: load_inference_model's)."""
-        from models.pspnet import protocols
         from models.pspnet.prediction import predict_image
+        from models.pspnet.protocols import mmseg_predict, semseg_predict
 
         if self.name == "semseg":
-            return protocols.semseg_predict(model, rgb, **self.settings)[1]
+            return semseg_predict(model, rgb, **self.settings)[1]
         if self.name == "mmseg":
-            return protocols.mmseg_predict(model, rgb, **self.settings)[1]
+            return mmseg_predict(model, rgb, **self.settings)[1]
         return predict_image(model, rgb, **self.settings)
 
     def as_dict(self):
