@@ -23,7 +23,7 @@ converter permutes the first fully connected layer's input rows
 import keras
 import tensorflow as tf
 
-from models.resnet import batch_norm
+from models.resnet import batch_norm as make_batch_norm  # MaskHead's batch_norm flag would hide it
 
 
 def _merge_rois(x):
@@ -60,7 +60,7 @@ class BoxHead(keras.layers.Layer):
         self.bn_epsilon = float(bn_epsilon)
         self.convs = [keras.layers.Conv2D(conv_channels, 3, padding="same", use_bias=False, name=f"conv{i + 1}")
                       for i in range(num_convs)]
-        self.norms = [batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(num_convs)]
+        self.norms = [make_batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(num_convs)]
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fcs = [keras.layers.Dense(units, activation="relu", name=f"fc{i + 1}") for i in range(num_fc)]
         self.class_logits = keras.layers.Dense(num_classes + 1, dtype="float32", name="class_logits",
@@ -125,7 +125,7 @@ class MaskHead(keras.layers.Layer):
                                           name=f"conv{i + 1}")
                       for i in range(num_convs)]
         norms = num_convs if batch_norm else 0
-        self.norms = [batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(norms)]
+        self.norms = [make_batch_norm(f"conv{i + 1}_bn", epsilon=bn_epsilon) for i in range(norms)]
         self.upsample = keras.layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                                      kernel_initializer="he_normal", name="deconv")
         # Small initial logits: every mask starts near 0.5, as in Detectron (std 0.001).
