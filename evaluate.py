@@ -37,25 +37,7 @@ def build_parser():
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
     parser.add_argument("--tfds", action="store_true", models=psp,
                         help="read --data as the folder with the Cityscapes zips (TFDS)")
-    # The test protocol and its settings (models/pspnet/protocol_settings.py says which flags each one reads).
-    parser.add_argument("--protocol", choices=["ours", "semseg", "mmseg"], default="ours", models=psp,
-                        help="ours: this project's inference; semseg: hszhao/semseg's tool/test.py; mmseg: "
-                             "mmsegmentation's test with the model's own settings (default: ours)")
-    parser.add_argument("--sliding", action="store_true", models=psp,
-                        help="sliding-window inference (default: whole image; mmseg: the model's own mode)")
-    parser.add_argument("--crop", type=cli.parse_pair, default=None, models=psp,
-                        help="sliding window size: 713 or H,W like 713,713 (default: 713; mmseg: the model's own)")
-    parser.add_argument("--stride", type=cli.parse_pair, default=None, models=psp,
-                        help="sliding window step H,W (default: ceil(2/3 of --crop); mmseg: the model's own)")
-    parser.add_argument("--flip", action="store_true", models=psp,
-                        help="average with the horizontally flipped image (semseg: always)")
-    parser.add_argument("--scales", default="1", models=psp,
-                        help="multi-scale factors, e.g. 0.5,0.75,1,1.25 (mmseg: its img_ratios)")
-    parser.add_argument("--base-size", type=int, default=None, models=psp,
-                        help="--protocol semseg: the long side at scale 1 (default: 2048)")
-    parser.add_argument("--test-scale", type=cli.parse_pair, default=None, models=psp,
-                        help="--protocol mmseg: rescale each image to fit LONG,SHORT like 2048,1024 "
-                             "(default: the model's own)")
+    cli.add_segmentation_flags(parser, models=psp)
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
     parser.add_argument("--boxes", choices=["detector", "gt"], default="detector", models=mrcnn,
                         help="detector = detect from raw images (bbox and segm AP); "
@@ -83,16 +65,6 @@ def check_args(args):
     return args
 
 
-def print_provenance(checkpoint, protocol=None):
-    """Prints where a converted checkpoint came from (one line, if it records it) and a source's protocol."""
-    from models.keras_files import describe_provenance, read_provenance
-
-    provenance = read_provenance(checkpoint)
-    if provenance:
-        print(describe_provenance(provenance), flush=True)
-    if protocol is not None and protocol.name != "ours":
-        print(protocol.describe(), flush=True)
-
 
 def main(argv=None):
     """Parses argv (default sys.argv), checks the flags, evaluates; returns the metrics dict."""
@@ -112,7 +84,10 @@ def main(argv=None):
         if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
             raise cli.UsageError(f"--out {args.out}: holds an earlier evaluation (metrics.json); "
                                  "pass --overwrite or another --out")
-        print_provenance(args.checkpoint, protocol)
+        from models.checkpoints import origin_lines
+
+        for line in origin_lines(args.checkpoint, protocol):
+            print(line, flush=True)
         if args.model == "mask_rcnn":
             from models.mask_rcnn.evaluation import evaluate_on_coco
 

@@ -159,6 +159,29 @@ def parse_pair(text, cast=int, flag=None):
     return values
 
 
+def add_segmentation_flags(parser, models=("pspnet",)):
+    """PSPNet's inference flags, the same in evaluate.py and predict.py: the test protocol and its settings
+    (models/pspnet/protocol_settings.py says which flags each protocol reads)."""
+    parser.add_argument("--protocol", choices=["ours", "semseg", "mmseg"], default="ours", models=models,
+                        help="ours: this project's inference; semseg: hszhao/semseg's tool/test.py; mmseg: "
+                             "mmsegmentation's test with the model's own settings (default: ours)")
+    parser.add_argument("--sliding", action="store_true", models=models,
+                        help="sliding-window inference (default: whole image; mmseg: the model's own mode)")
+    parser.add_argument("--crop", type=parse_pair, default=None, models=models,
+                        help="sliding window size: 713 or H,W like 713,713 (default: 713; mmseg: the model's own)")
+    parser.add_argument("--stride", type=parse_pair, default=None, models=models,
+                        help="sliding window step H,W (default: ceil(2/3 of --crop); mmseg: the model's own)")
+    parser.add_argument("--flip", action="store_true", models=models,
+                        help="average with the horizontally flipped image (semseg: always)")
+    parser.add_argument("--scales", default="1", models=models,
+                        help="multi-scale factors, e.g. 0.5,0.75,1,1.25 (mmseg: its img_ratios)")
+    parser.add_argument("--base-size", type=int, default=None, models=models,
+                        help="--protocol semseg: the long side at scale 1 (default: 2048)")
+    parser.add_argument("--test-scale", type=parse_pair, default=None, models=models,
+                        help="--protocol mmseg: rescale each image to fit LONG,SHORT like 2048,1024 "
+                             "(default: the model's own)")
+
+
 def is_user_error(error):
     """True for an error whose one line is enough for a user: a UserError, or an OSError naming its path."""
     return isinstance(error, UserError) or (isinstance(error, OSError) and bool(error.filename))

@@ -61,3 +61,15 @@ def check_kind(model, kind, path, *, flag="--checkpoint", hint=""):
     hint = hint.get(found, "") if isinstance(hint, dict) else hint
     raise CheckpointError(f"{flag} {path}: a {KIND_NAMES[found]} checkpoint, not a {wanted} one"
                           + (f"; {hint}" if hint else ""))
+
+
+def origin_lines(path, protocol=None):
+    """What evaluate.py and predict.py say before they run: where a converted checkpoint came from (its
+    provenance, if it records one) and a source's test protocol (anything but "ours"), one line each."""
+    from models.keras_files import describe_provenance, read_provenance
+
+    provenance = read_provenance(path)
+    lines = [describe_provenance(provenance)] if provenance else []
+    if protocol is not None and protocol.name != "ours":
+        lines.append(protocol.describe())
+    return lines
