@@ -236,3 +236,68 @@ def test_coco_metrics_agree(setup):
         ours = np.array([metrics[f"{iou_type}_{name}"] for name in STAT_NAMES])
         assert 0.05 < expected[0] < 0.95 and 0.05 < expected[8] < 0.95, expected  # AP, AR100 neither 0 nor 1
         np.testing.assert_allclose(ours, expected, atol=1e-4, err_msg=iou_type)
+
+
+def test_a_file_without_torchvision_provenance_keeps_this_projects_settings(setup, tmp_path):
+    """The same weights without the provenance entry models.convert writes: a run's checkpoint, its own rules."""
+    import zipfile
+
+    from data.errors import UsageError
+    from models.keras_files import PROVENANCE_ENTRY
+    from models.mask_rcnn.evaluation import coco_settings
+    from models.mask_rcnn.loading import load_detector
+
+    plain = str(tmp_path / "plain.keras")
+    with zipfile.ZipFile(setup["checkpoint"]) as source, zipfile.ZipFile(plain, "w") as target:
+        assert PROVENANCE_ENTRY in source.namelist()
+        for item in source.infolist():
+            if item.filename != PROVENANCE_ENTRY:
+                target.writestr(item, source.read(item.filename))
+    detector = load_detector(plain)
+    assert coco_settings(plain, detector) == {
+        "short_side": 800, "long_side": 1333, "mask_rule": "at_least", "score_threshold": 0.05,
+        "detections_per_image": 100, "box_decimals": 2, "scored_images": "all", "defaults": "project"}
+    given = coco_settings(setup["checkpoint"], detector, mask_rule="at_least", score_threshold=0.3,
+                          detections_per_image=10, box_decimals="none", scored_images="all", short_side=600)
+    assert given == {"short_side": 600, "long_side": 1333, "mask_rule": "at_least", "score_threshold": 0.3,
+                     "detections_per_image": 10, "box_decimals": None, "scored_images": "all",
+                     "defaults": "torchvision"}
+    with pytest.raises(UsageError, match=r"^--score-threshold 0.01: below the threshold built into .* \(0.05\)"):
+        coco_settings(plain, detector, score_threshold=0.01)
+    with pytest.raises(UsageError, match=r"^--detections-per-image 101: .* returns at most 100 detections"):
+        coco_settings(plain, detector, detections_per_image=101)
+
+
+def test_fewer_detections_and_a_higher_score_threshold_keep_torchvisions_best(setup, tmp_path):
+    """--score-threshold 0.1 --detections-per-image 20 --box-decimals 2, through evaluate.py: as torchvision's
+    box_score_thresh=0.1 and box_detections_per_img=20 would keep (scores > 0.1, each image's 20 best)."""
+    import evaluate
+
+    out = str(tmp_path / "eval")
+    metrics = evaluate.main(["--model", "mask_rcnn", "--checkpoint", setup["checkpoint"], "--data", setup["root"],
+                             "--out", out, "--score-threshold", "0.1", "--detections-per-image", "20",
+                             "--box-decimals", "2", "--quiet"])
+    assert metrics["settings"]["score_threshold"] == 0.1 and metrics["settings"]["box_decimals"] == 2
+    with open(os.path.join(out, "bbox_results.json")) as f:
+        ours = json.load(f)
+    expected = []
+    for image_id in sorted(setup["coco_gt"].getImgIds()):
+        found = [r for r in setup["bbox"] if r["image_id"] == image_id and r["score"] > 0.1]
+        expected += sorted(found, key=lambda r: -r["score"])[:20]
+    assert 20 < len(expected) < 20 * NUM_VAL + 1
+    order = _pairs(ours, expected)
+    assert all(round(v, 2) == v for i in order for v in ours[i]["bbox"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--score-threshold", "1.5"], "--score-threshold must lie in [0, 1], got 1.5"),
+    (["--detections-per-image", "0"], "--detections-per-image must be positive, got 0"),
+    (["--box-decimals", "two"], "--box-decimals takes a number of decimals (0 or more) or 'none', got 'two'"),
+])
+def test_evaluate_flags_for_the_coco_settings(tmp_path, flags, message):
+    import evaluate
+
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--model", "mask_rcnn", "--checkpoint", "unused.keras", "--data", str(tmp_path), "--out",
+                       str(tmp_path / "../o"), *flags])
+    assert str(error.value) == message
