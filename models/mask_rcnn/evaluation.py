@@ -93,9 +93,10 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     thresholded, boxes written and images scored: coco_settings (short_side,
     long_side and the keyword `settings`: mask_rule, score_threshold,
     detections_per_image, box_decimals, scored_images; None: the default for
-    the checkpoint's kind). max_images: the first N only (0 = all). metrics
-    also holds boxes, images, detections (and class_source for boxes="gt") and
-    "settings", the settings used. progress: a data.progress.Progress for the
+    the checkpoint's kind; with boxes="gt" only the resize and scored_images
+    apply). max_images: the first N only (0 = all). metrics also holds boxes,
+    images, detections (and class_source for boxes="gt") and "settings", the
+    settings used. progress: a data.progress.Progress for the
     images (and a first use's conversion of the split); None: shown on stderr.
     User errors raise data.errors.UsageError or CheckpointError, one line naming
     the file and the evaluate.py flag.
@@ -123,6 +124,9 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     os.makedirs(out_dir, exist_ok=True)
     categories = ModelCategories(detector)
     if boxes == "gt":
+        # The oracle pastes at the ground-truth boxes with this project's rule (oracle.py); of the settings, only
+        # the resize and the scored images apply.
+        used = {key: used[key] for key in ("short_side", "long_side", "scored_images", "defaults")}
         predictions = predict_oracle_masks(oracle_heads_model(detector), dataset, class_source=class_source,
                                            progress=progress, total=total)
         results = {"segm": coco.segm_results(predictions, categories)}
