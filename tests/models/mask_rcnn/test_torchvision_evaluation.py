@@ -301,3 +301,26 @@ def test_evaluate_flags_for_the_coco_settings(tmp_path, flags, message):
         evaluate.main(["--model", "mask_rcnn", "--checkpoint", "unused.keras", "--data", str(tmp_path), "--out",
                        str(tmp_path / "../o"), *flags])
     assert str(error.value) == message
+
+
+def test_paste_above_one_half_is_torchvisions_masks_above_one_half():
+    """paste_masks(torchvision_compatible=True, above=True) against torchvision's paste_masks_in_image, then `> 0.5`
+    as coco_eval.py thresholds, on masks with plateaus of exactly 0.5 (zero logits) beside random values."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from models.mask_rcnn.paste import paste_masks
+
+    rng = np.random.default_rng(0)
+    logits = np.where(rng.random((20, 28, 28)) < 0.5, 0.0, rng.normal(0, 3, (20, 28, 28)))
+    masks = torch.sigmoid(torch.from_numpy(logits).float())
+    x1, y1 = rng.uniform(0, 150, 20), rng.uniform(0, 100, 20)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(5, 120, 20), y1 + rng.uniform(5, 90, 20)], axis=1).astype(np.float32)
+    probability = paste_masks_in_image(masks[:, None], torch.from_numpy(boxes), (160, 200), padding=1)[:, 0].numpy()
+    ours = paste_masks(masks.numpy(), boxes[:, [1, 0, 3, 2]], (160, 200), torchvision_compatible=True,
+                       above=True).dense()
+    at_half = probability == 0.5
+    assert at_half.sum() > 1000 and not ours[at_half].any()
+    differing = ours != (probability > 0.5)
+    assert np.all(np.abs(probability[differing] - 0.5) < 1e-5), probability[differing]
+    at_least = paste_masks(masks.numpy(), boxes[:, [1, 0, 3, 2]], (160, 200), torchvision_compatible=True).dense()
+    assert at_least[at_half].all()  # the >= rule keeps them all
