@@ -45,6 +45,24 @@ def build_parser():
     parser.add_argument("--class-source", choices=["predicted", "ground_truth"], default="predicted", models=mrcnn,
                         help="which class picks each box's mask channel (and gives its category)")
     cli.add_resize_flags(parser, models=mrcnn)
+    # How detections become COCO results (models/mask_rcnn/evaluation.py, coco_settings): by default
+    # torchvision's references/detection rules for a converted torchvision model, this project's for a run's own.
+    parser.add_argument("--mask-rule", choices=["above", "at_least"], default=None, models=mrcnn,
+                        help="mask pixels kept: above = probability > 0.5 (torchvision's coco_eval; default for "
+                             "converted torchvision models), at_least = >= 0.5 (default for this project's runs)")
+    parser.add_argument("--score-threshold", type=float, default=None, models=mrcnn,
+                        help="keep detections scoring above this (default: the model's own, 0.05 for "
+                             "converted torchvision models; a lower value is refused)")
+    parser.add_argument("--detections-per-image", type=int, default=None, models=mrcnn,
+                        help="keep each image's N best detections (default: all the model gives, 100 for "
+                             "converted torchvision models; more is refused)")
+    parser.add_argument("--box-decimals", default=None, models=mrcnn,
+                        help="round bbox results to N decimals, or 'none' (default: none for converted "
+                             "torchvision models, as torchvision's coco_eval; 2 for this project's runs)")
+    parser.add_argument("--scored-images", choices=["evaluated", "all"], default=None, models=mrcnn,
+                        help="the images COCOeval scores: evaluated = those run (torchvision's CocoEvaluator; "
+                             "default for converted torchvision models), all = every image of --split, those "
+                             "--max-images leaves out counting as missed (default for this project's runs)")
     cli.add_skip_bad_flag(parser, models=psp)
     add_quiet_flag(parser)
     cli.add_debug_flag(parser)
@@ -60,6 +78,15 @@ def check_args(args):
     for flag, value in (("--short-side", args.short_side), ("--long-side", args.long_side)):
         if value is not None:
             cli.check_positive(flag, value)
+    if args.score_threshold is not None:
+        cli.check_fraction("--score-threshold", args.score_threshold)
+    if args.detections_per_image is not None:
+        cli.check_positive("--detections-per-image", args.detections_per_image)
+    if args.box_decimals is not None and args.box_decimals != "none":
+        if not args.box_decimals.isdigit():
+            raise cli.UsageError(f"--box-decimals takes a number of decimals (0 or more) or 'none', "
+                                 f"got {args.box_decimals!r}")
+        args.box_decimals = int(args.box_decimals)
     cli.check_output_outside("--out", args.out, "--data", args.data)
     cli.check_output_dir("--out", args.out)
     return args
@@ -94,7 +121,10 @@ def main(argv=None):
             return evaluate_on_coco(args.checkpoint, args.data, args.out, split=args.split, boxes=args.boxes,
                                     class_source=args.class_source, short_side=args.short_side,
                                     long_side=args.long_side, max_images=args.max_images,
-                                    progress=progress)
+                                    progress=progress, mask_rule=args.mask_rule,
+                                    score_threshold=args.score_threshold,
+                                    detections_per_image=args.detections_per_image,
+                                    box_decimals=args.box_decimals, scored_images=args.scored_images)
         from models.pspnet.evaluation import evaluate_on_cityscapes
 
         return evaluate_on_cityscapes(args.checkpoint, args.data, args.out, split=args.split, tfds=args.tfds,

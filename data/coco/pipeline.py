@@ -242,7 +242,12 @@ def prepare_example(example, *, training, short_side, long_side, flip_seed):
     class_ids [N] int32, masks [N, S, S] uint8, crowd_boxes [C, 4] float32,
     with N, C <= max_instances.
     """
-    image = tf.io.decode_image(example["image_bytes"], channels=3, expand_animations=False)
+    data = example["image_bytes"]
+    # JPEGs with libjpeg's accurate integer DCT, as Pillow (data.images.read_image, torchvision's CocoDetection)
+    # decodes them: decode_image's default fast DCT differs from it by up to ~6 grey levels.
+    image = tf.cond(tf.io.is_jpeg(data),
+                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
     # The model crops each image to original_size, so the file must hold that size: both readers check it
     # before this runs (data.coco.convert when it converts, read_coco(in_memory=True) from the file's header).
     original = example["original_size"]

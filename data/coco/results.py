@@ -12,24 +12,28 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 SEGM_METRICS = tuple(f"segm_{name}" for name in STAT_NAMES[:6])
 
 
-def bbox_results(predictions, categories):
+def bbox_results(predictions, categories, *, decimals=2):
     """COCO bbox results from per-image predictions.
 
     predictions: iterable of dicts with image_id int, boxes [N, 4] float
     (y1, x1, y2, x2 in pixels of the original image), class_ids [N] (contiguous
     1..K), scores [N] float.
     categories: maps class ids to dataset ids (`.to_coco`, as data.coco.Categories).
+    decimals: bbox values rounded to this many decimals (computed in float64);
+    None: not rounded, computed in the boxes' own dtype (float32 boxes give
+    what torchvision's coco_eval.py writes: x2 - x1 in float32).
     Returns [{image_id, category_id, bbox [x, y, w, h], score}].
     """
     results = []
     for p in predictions:
         if not len(p["class_ids"]):
             continue
-        boxes = np.asarray(p["boxes"], np.float64).reshape(-1, 4)
+        boxes = np.asarray(p["boxes"], None if decimals is None else np.float64).reshape(-1, 4)
         xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
         for box, cat, score in zip(xywh, categories.to_coco(p["class_ids"]), p["scores"]):
-            results.append({"image_id": int(p["image_id"]), "category_id": int(cat),
-                            "bbox": [round(float(v), 2) for v in box], "score": float(score)})
+            bbox = [float(v) if decimals is None else round(float(v), decimals) for v in box]
+            results.append({"image_id": int(p["image_id"]), "category_id": int(cat), "bbox": bbox,
+                            "score": float(score)})
     return results
 
 
@@ -66,13 +70,15 @@ def write_results(path, results):
         json.dump(results, f)
 
 
-def evaluate_results(coco_gt, results, iou_type, verbose=False):
+def evaluate_results(coco_gt, results, iou_type, verbose=False, image_ids=None):
     """COCOeval of `results` (a list of result dicts) against `coco_gt` (a pycocotools COCO).
 
     iou_type: "bbox" or "segm". Returns {f"{iou_type}_{name}": float} for
     STAT_NAMES: in [0, 1]; -1.0 where the ground truth has no object of that
     size (COCOeval's convention); all 0.0 when there are no results. Evaluates
-    every image of coco_gt. verbose=True prints COCOeval's table.
+    the images image_ids (as torchvision's CocoEvaluator sets params.imgIds to
+    the images it ran), None: every image of coco_gt. verbose=True prints
+    COCOeval's table.
     """
     names = [f"{iou_type}_{name}" for name in STAT_NAMES]
     if not results:
@@ -82,13 +88,15 @@ def evaluate_results(coco_gt, results, iou_type, verbose=False):
         # loadRes writes area/bbox/id into the dicts it is given: hand it copies.
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(value) for name, value in zip(names, evaluator.stats)}
 
 
-def evaluate_segm(coco_gt, results, verbose=False):
+def evaluate_segm(coco_gt, results, verbose=False, image_ids=None):
     """COCO mask AP: {segm_AP, segm_AP50, segm_AP75, segm_APs, segm_APm, segm_APl} of evaluate_results."""
-    metrics = evaluate_results(coco_gt, results, "segm", verbose)
+    metrics = evaluate_results(coco_gt, results, "segm", verbose, image_ids)
     return {name: metrics[name] for name in SEGM_METRICS}

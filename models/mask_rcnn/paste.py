@@ -154,7 +154,7 @@ def _torchvision_paste_boxes(boxes, mask_h, mask_w):
     return out
 
 
-def paste_masks(masks, boxes, image_size, threshold=0.5, *, torchvision_compatible=False):
+def paste_masks(masks, boxes, image_size, threshold=0.5, *, torchvision_compatible=False, above=False):
     """Paste RoI masks into the image as runs of pixels, computed from each window column's profile.
 
     masks: [N, h, w] float probabilities (finite); boxes: [N, 4] float (y1, x1, y2, x2)
@@ -167,9 +167,11 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, *, torchvision_compatib
     False: the mask's cells are spread exactly over the box, as described next.
     Each mask gets a 1-pixel zero border (so it fades to 0 across its box
     edge), is resampled bilinearly at the image's pixel centres (separable, see
-    _window_taps), and thresholded: a pixel is on iff its value >= threshold.
-    threshold must be > 0 (outside its window a mask is 0). An empty box
-    pastes nothing.
+    _window_taps), and thresholded: a pixel is on iff its value >= threshold,
+    or with above=True iff its value > threshold (torchvision's coco_eval.py
+    keeps `masks > 0.5`; the rules differ where a mask is exactly the
+    threshold, as the 0.5 of a zero logit is). threshold must be > 0 (outside
+    its window a mask is 0). An empty box pastes nothing.
     No pixel value is computed: down each window column, the value of row r
     is the piecewise-linear interpolation of the column's profile (the
     bordered mask's h + 2 rows interpolated at the column, [h + 2]) at
@@ -202,24 +204,34 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, *, torchvision_compatib
     # In place: fresh multi-megabyte temporaries cost more in page faults than the arithmetic.
     tap = box * (mask_w + 2) + kx
     profiles = np.take(bordered, tap, axis=0)
-    profiles *= x0.astype(np.float32)[:, None]
+    # The taps' weights sum to exactly 1 in float32 (x0 = 1 - x1 inside a window, where both are non-zero;
+    # float32(1) - float32(x1) rounds so that the sum rounds back to 1), as torchvision's interpolation's do: a
+    # plateau of exactly the threshold (a zero logit's 0.5) stays exactly at it: on, or off with `above`.
+    x1 = x1.astype(np.float32)
+    x0 = np.where(x0 > 0, np.float32(1) - x1, np.float32(0))
+    profiles *= x0[:, None]
     right = np.take(bordered, tap + 1, axis=0)
-    right *= x1.astype(np.float32)[:, None]
+    right *= x1[:, None]
     profiles += right
 
     # Crossings: segments k..k + 1 of a profile with one end on (>= threshold) and the other off. Every profile
     # starts and ends at 0 < threshold, so a column's crossings alternate (a run starts, a run ends, ...), and
     # the flattened profiles change between on and off only at crossings, never from one profile to the next.
     profiles = profiles.ravel()
-    crossing = np.flatnonzero(np.diff(profiles >= threshold))
+    crossing = np.flatnonzero(np.diff(profiles > threshold if above else profiles >= threshold))
     segment, k = np.divmod(crossing, mask_h + 2)  # profile (window column) and k
     g0, g1 = profiles[crossing].astype(np.float64), profiles[crossing + 1].astype(np.float64)
     at = k + (threshold - g0) / (g1 - g0)  # the crossing's position, in k..k + 1
     run_box = box[segment[0::2]]
     row = (at - 0.5) * np.repeat(pixel[run_box], 2) + np.repeat(y1[run_box], 2) - 0.5  # position(row) = at
-    # A run holds the rows at or after its rising crossing and at or before its falling one.
-    first = np.clip(np.ceil(row[0::2]), 0, height).astype(np.int64)
-    stop = np.clip(np.floor(row[1::2]) + 1, 0, height).astype(np.int64)
+    # A run holds the rows at or after its rising crossing and at or before its falling one; above=True: strictly
+    # after and before (a row exactly at a crossing has exactly the threshold's value).
+    if above:
+        first = np.clip(np.floor(row[0::2]) + 1, 0, height).astype(np.int64)
+        stop = np.clip(np.ceil(row[1::2]), 0, height).astype(np.int64)
+    else:
+        first = np.clip(np.ceil(row[0::2]), 0, height).astype(np.int64)
+        stop = np.clip(np.floor(row[1::2]) + 1, 0, height).astype(np.int64)
     offset = column[segment[0::2]] * height  # column-major index of the column's row 0
     some = stop > first
     starts, ends, run_box = (offset + first)[some], (offset + stop)[some], run_box[some]

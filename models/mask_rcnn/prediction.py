@@ -30,8 +30,13 @@ class ModelCategories:
         return np.asarray(self.coco_ids, np.int64)[np.asarray(class_ids, np.int64) - 1]
 
 
-def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5, progress=None, total=None):
+def detect_dataset(detector, dataset, *, score_threshold=0.0, detections_per_image=None, mask_threshold=0.5,
+                   mask_above=False, progress=None, total=None):
     """Detections of every image of a data.coco.make_dataset(..., training=False) dataset.
+
+    Kept: the detections scoring > score_threshold (torchvision's rule), the
+    best detections_per_image of them (None: all the model gives). Mask
+    pixels are on iff probability >= mask_threshold, or > with mask_above.
 
     Images are resized, normalised and padded as the pipeline's image_size says
     (transform.detector_inputs, the transform detect uses); boxes and masks come
@@ -42,15 +47,19 @@ def detect_dataset(detector, dataset, *, score_threshold=0.0, mask_threshold=0.5
     """
     from data.progress import as_progress
 
+    # scores >= the next float64 above the threshold <=> scores > threshold (float32 scores are float64 values).
+    at_least = float(np.nextafter(float(score_threshold), np.inf))
     predictions = []
     with as_progress(progress).bar(total, "evaluating") as bar:
         for batch in dataset:
             inputs = detector_inputs(batch)
             outputs = run_graph(detector, inputs["images"], inputs["image_sizes"])
+            if detections_per_image is not None:  # scores decrease: the best N are a prefix
+                outputs["num_detections"] = np.minimum(outputs["num_detections"], detections_per_image)
             for b, (resized, original) in enumerate(zip(batch["image_size"].numpy(),
                                                         batch["original_size"].numpy())):
-                detection = in_original_pixels(outputs, b, resized, original, score_threshold=score_threshold,
-                                               mask_threshold=mask_threshold)
+                detection = in_original_pixels(outputs, b, resized, original, score_threshold=at_least,
+                                               mask_threshold=mask_threshold, mask_above=mask_above)
                 predictions.append({"image_id": int(batch["image_id"][b]), **detection})
                 bar.update()
     return predictions

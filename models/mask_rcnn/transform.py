@@ -132,12 +132,14 @@ def run_graph(model, images, image_sizes):
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
-def in_original_pixels(outputs, b, resized_size, original_size, *, score_threshold=0.0, mask_threshold=0.5):
+def in_original_pixels(outputs, b, resized_size, original_size, *, score_threshold=0.0, mask_threshold=0.5,
+                       mask_above=False):
     """Image b's detections from the model's batch outputs, in its original pixels (one dict, as detect returns).
 
     resized_size, original_size: (height, width) of the image as the model saw it (before padding) and as
     it was read. Masks are pasted as torchvision pastes them (box grown by one mask cell, whole pixels),
-    the convention the converted weights were trained and evaluated with.
+    the convention the converted weights were trained and evaluated with. mask_above: a pixel is on iff its
+    probability > mask_threshold (torchvision's coco_eval.py), else >= (paste_masks' above).
     """
     # Scores decrease: the kept detections are a prefix.
     n = int(np.sum(outputs["scores"][b, :int(outputs["num_detections"][b])] >= score_threshold))
@@ -146,4 +148,4 @@ def in_original_pixels(outputs, b, resized_size, original_size, *, score_thresho
     return {"boxes": boxes, "class_ids": outputs["class_ids"][b, :n], "category_ids": outputs["category_ids"][b, :n],
             "scores": outputs["scores"][b, :n],
             "masks": paste_masks(outputs["masks"][b, :n], boxes, tuple(int(s) for s in original_size),
-                                 mask_threshold, torchvision_compatible=True)}
+                                 mask_threshold, torchvision_compatible=True, above=mask_above)}

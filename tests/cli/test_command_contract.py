@@ -80,7 +80,11 @@ MODEL_ONLY = {
     "evaluate.py": {"--tfds": "pspnet", "--sliding": "pspnet", "--crop": "pspnet", "--flip": "pspnet",
                     "--scales": "pspnet", "--skip-bad": "pspnet", "--boxes": "mask_rcnn",
                     "--class-source": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
-                    **PROTOCOL_FLAGS},
+                    **PROTOCOL_FLAGS,
+                    # issue 23: how detections become COCO results (torchvision's rules for converted models)
+                    "--mask-rule": "mask_rcnn", "--score-threshold": "mask_rcnn",
+                    "--detections-per-image": "mask_rcnn", "--box-decimals": "mask_rcnn",
+                    "--scored-images": "mask_rcnn"},
     "predict.py": {"--sliding": "pspnet", "--crop": "pspnet", "--flip": "pspnet", "--scales": "pspnet",
                    "--score-threshold": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
                    **PROTOCOL_FLAGS},
@@ -88,7 +92,9 @@ MODEL_ONLY = {
 VALUES = {"--crop": ["5"], "--scales": ["1"], "--boxes": ["detector"], "--class-source": ["predicted"],
           "--short-side": ["800"], "--long-side": ["1333"], "--score-threshold": ["0.5"],
           "--protocol": ["ours"], "--stride": ["5"], "--base-size": ["2048"],
-          "--test-scale": ["2048,1024"]}  # the defaults (or a value), given
+          "--test-scale": ["2048,1024"],  # the defaults (or a value), given
+          "--mask-rule": ["above"], "--detections-per-image": ["100"], "--box-decimals": ["none"],
+          "--scored-images": ["evaluated"]}
 OTHER = {"pspnet": "mask_rcnn", "mask_rcnn": "pspnet"}
 REQUIRED = {"evaluate.py": ["--checkpoint", "c.keras", "--data", "d", "--out", "o"],
             "predict.py": ["--checkpoint", "c.keras", "a.png", "--out", "o"]}

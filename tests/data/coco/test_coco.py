@@ -156,8 +156,11 @@ def test_missing_annotation_file_is_one_clear_line(tmp_path):
 
 
 def _decoded(record):
-    """The image file decoded by TF's JPEG decoder, the reference decoder (PIL upsamples chroma differently)."""
-    return tf.io.decode_jpeg(tf.io.read_file(record["path"]), channels=3).numpy()
+    """The image file decoded by Pillow (libjpeg's accurate DCT), as torchvision's CocoDetection reads it."""
+    from PIL import Image
+
+    with Image.open(record["path"]) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def test_eval_pipeline_hands_decoded_images_and_the_resized_geometry(root, train):
