@@ -49,6 +49,20 @@ def _losses(trainer, batch):
     return {name: float(value) for name, value in trainer.losses_of(batch, training=True).items()}
 
 
+@pytest.fixture
+def sampled(monkeypatch):
+    """The RoI sample of the next training step (box_head_targets' output), recorded for a reference."""
+    recorded = {}
+    box_head_targets = detector_trainer.box_head_targets
+
+    def recording(*args, **kwargs):
+        recorded.update(box_head_targets(*args, **kwargs))
+        return dict(recorded)
+
+    monkeypatch.setattr(detector_trainer, "box_head_targets", recording)
+    return recorded
+
+
 def test_steps_on_one_batch_lower_every_loss_component(split):
     keras.utils.set_random_seed(0)
     trainer = _trainer(split, "all", trainable_backbone_stages=5, freeze_batch_norm=False)
@@ -118,7 +132,7 @@ def test_box_regression_falls_at_a_step_size_its_features_allow(split):
     assert after < before, (before, after)
 
 
-def test_the_mask_loss_on_the_positives_alone_equals_that_of_the_fixed_slots(split, monkeypatch):
+def test_the_mask_loss_on_the_positives_alone_equals_that_of_the_fixed_slots(split, sampled):
     """The mask branch runs on the batch's positive RoIs only; before, it ran on the first
     box_batch_size / 4 sampled slots of each image (every positive is there) and the loss weighted the others 0.
     On the same batch, weights and sampling, the loss is that one, recomputed here from those slots (the
@@ -127,14 +141,6 @@ def test_the_mask_loss_on_the_positives_alone_equals_that_of_the_fixed_slots(spl
     trainer = _trainer(split, "all")
     trainer.box_batch_size = 64  # 16 slots per image: room for more than this sample's positives
     batch = _batch(split)
-    sampled = {}
-
-    def recording(*args, **kwargs):  # box_head_targets, its sample kept for the reference
-        sampled.update(box_head_targets(*args, **kwargs))
-        return dict(sampled)
-
-    box_head_targets = detector_trainer.box_head_targets
-    monkeypatch.setattr(detector_trainer, "box_head_targets", recording)
     loss = _losses(trainer, batch)["mask"]
 
     slots = 64 // 4
@@ -205,7 +211,7 @@ def test_a_mask_head_step_changes_only_the_mask_head(split):
     assert logs["loss"] == pytest.approx(logs["mask_loss"])  # the stage minimises the mask loss only
 
 
-def test_ground_truth_rois_for_the_mask_head_and_an_image_without_objects(split, monkeypatch):
+def test_ground_truth_rois_for_the_mask_head_and_an_image_without_objects(split, sampled):
     """The second image loses its objects: its sampled RoIs are all background, and the step's mask loss is that
     of the first image's positives alone, recomputed from the step's own sample (the detector's RoIAlign and
     mask head at the weights before the step, BCE from logits in NumPy float64)."""
@@ -217,14 +223,6 @@ def test_ground_truth_rois_for_the_mask_head_and_an_image_without_objects(split,
         value = batch[key].numpy().copy()
         value[1] = 0
         batch[key] = value
-    sampled = {}
-
-    def recording(*args, **kwargs):  # box_head_targets, its sample kept for the reference
-        sampled.update(box_head_targets(*args, **kwargs))
-        return dict(sampled)
-
-    box_head_targets = detector_trainer.box_head_targets
-    monkeypatch.setattr(detector_trainer, "box_head_targets", recording)
     initial = trainer.detector.get_weights()
     logs = trainer.train_on_batch(batch, return_dict=True)
     assert all(np.isfinite(v) for v in logs.values()), logs
