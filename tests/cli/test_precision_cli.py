@@ -87,3 +87,15 @@ def test_a_bad_precision_is_one_argparse_line(checkpoints, photo, tmp_path, caps
         assert stopped.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--precision: invalid choice: 'float16'" in err[0], err
+
+
+def test_evaluate_mask_rcnn_records_the_precision(checkpoints, tmp_path):
+    from data.samples.coco import write_coco_sample
+
+    root = str(tmp_path / "coco")
+    write_coco_sample(root, num_train=1, num_val=1, size=(48, 64), seed=0)
+    metrics = evaluate.main(["--model", "mask_rcnn", "--checkpoint", checkpoints["mask_rcnn"], "--data", root,
+                             "--out", str(tmp_path / "eval"), "--short-side", "48", "--long-side", "64",
+                             "--precision", "bfloat16", "--quiet"])
+    assert metrics["precision"] == "bfloat16" and metrics["images"] == 1
+    assert json.load(open(tmp_path / "eval" / "metrics.json"))["precision"] == "bfloat16"
