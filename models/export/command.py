@@ -80,9 +80,9 @@ def check_args(args):
             raise UsageError("--quantize int8: pass --calibration IMAGE_DIR (images like the ones it will serve)")
     elif args.calibration:
         raise UsageError("--calibration: only used with --quantize int8")
+    cli.check_output_dir("OUT", args.out)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"{args.checkpoint}: no such file (a .keras checkpoint)")
-    cli.check_output_dir("OUT", args.out)
     for path in (artifact_path(args.out, args.format), os.path.join(args.out, "export.json")):
         if os.path.exists(path) and not args.overwrite:
             raise OutputExistsError(f"{path}: exists already; pass --overwrite or another OUT")
