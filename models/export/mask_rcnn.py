@@ -62,7 +62,7 @@ def paste_masks_dense(masks, boxes, image_size, threshold):
     the mask gets a 1-pixel zero border and is resized bilinearly to the box's window:
     pasted[k] = Ry[k] @ (bordered[k] @ Rx[k]^T), the products in the order
     F.interpolate sums (along x first), Ry [K, H, M + 2] and Rx [K, W, M + 2] from
-    _axis_weights. Returns [K, H, W] uint8 (0/1).
+    _axis_weights. Returns [K, H, W] bool.
     """
     mask_size = masks.shape[-1]
     bordered = tf.pad(tf.cast(masks, tf.float32), [[0, 0], [1, 1], [1, 1]])
@@ -77,7 +77,7 @@ def paste_masks_dense(masks, boxes, image_size, threshold):
     rows = _axis_weights(first[:, 0], last[:, 0], mask_size, image_size[0])
     columns = _axis_weights(first[:, 1], last[:, 1], mask_size, image_size[1])
     pasted = tf.matmul(rows, tf.matmul(bordered, columns, transpose_b=True))  # [K, H, W]
-    return tf.cast(pasted >= threshold, tf.uint8)
+    return pasted >= threshold
 
 
 class DetectorServing(keras.Model):
@@ -116,7 +116,8 @@ class DetectorServing(keras.Model):
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
         resized = tf.stack(resized_size(height, width, self.short_side, self.long_side))
-        padded = -(-resized // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+        # Rounded up without a negative floor division: tf2onnx turns FloorDiv of ints into Div, which truncates.
+        padded = (resized + SIZE_DIVISIBLE - 1) // SIZE_DIVISIBLE * SIZE_DIVISIBLE
         pixels = resize_normalize_pad_equal(images, resized, padded)
         with portable_nms():
             found = self.detector({"images": pixels, "image_sizes": tf.tile(resized[None], [batch, 1])},
@@ -134,7 +135,8 @@ class DetectorServing(keras.Model):
         masks = found["masks"][:, :most]
         pasted = paste_masks_dense(tf.reshape(masks, [-1, *masks.shape[2:]]), tf.reshape(boxes, [-1, 4]),
                                    (height, width), self.mask_threshold)
-        pasted = tf.reshape(pasted, [batch, most, height, width]) * tf.cast(kept, tf.uint8)[..., None, None]
+        # A logical and, not a product: LiteRT has no builtin uint8 multiply.
+        pasted = tf.cast(tf.reshape(pasted, [batch, most, height, width]) & kept[..., None, None], tf.uint8)
         return {"boxes": tf.gather(boxes, [1, 0, 3, 2], axis=-1),
                 "class_ids": tf.where(kept, found["category_ids"][:, :most], 0),
                 "scores": tf.where(kept, scores[:, :most], 0.0),
