@@ -205,3 +205,23 @@ def test_onnx_export_runs_in_openvino(onnx_path, photos, served):
     for photo, expected in zip(photos, served):
         results = compiled([photo, np.array(0.0, np.float32)])
         _compare({output.get_any_name(): results[output] for output in compiled.outputs}, expected)
+
+
+def test_litert_builtins_at_a_fixed_size(serving, photos, served):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    photo = photos[0]
+    function = tf.function(serving.call).get_concrete_function(*serving.input_signature(photo.shape[:2]))
+    # No trackable object: the converter then freezes the weights (with one, they stay resource variables
+    # that a plain Interpreter reads uninitialised).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert(),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], photo if detail["name"] == "image" else np.array(0.0, np.float32))
+    interpreter.invoke()
+    # Outputs Identity, Identity_1, ...: the served dict's keys in sorted order.
+    outputs = sorted(interpreter.get_output_details(), key=lambda d: int(d["name"].partition("_")[2] or 0))
+    _compare(dict(zip(sorted(served[0]), (interpreter.get_tensor(d["index"]) for d in outputs))), served[0])
