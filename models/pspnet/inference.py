@@ -125,7 +125,7 @@ def _sliding_window(model, images, crop, stride, window_batch):
     tf2onnx at its default opset and runs in onnxruntime, in OpenVINO (after
     models.export.onnx_loops fixes the loop's ONNX form) and, at a fixed size, in
     LiteRT with builtin ops: the export (models.export.pspnet) serves this same
-    function. Time as the extract_patches + unsorted_segment_sum version it
+    function. About as fast as the extract_patches + unsorted_segment_sum version it
     replaced (47.9 s vs 46.0 s, 1024x2048, PSPNet-50 at 713, 2 threads).
     """
     batch, height, width = tf.unstack(tf.shape(images)[:3])
