@@ -159,21 +159,23 @@ def resized_size_int32(height, width, short_side=800, long_side=1333, *, max_sid
     """
     h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
     short, long = tf.minimum(h, w), tf.maximum(h, w)
-    by_short = short_side * long <= long_side * short  # exactly: short_side / short <= long_side / long
-    limit = tf.where(by_short, short, long)
-    target = tf.where(by_short, tf.constant(short_side, tf.int32), tf.constant(long_side, tf.int32))
-    index = tf.clip_by_value(limit, 1, max_side) - 1
-    keeps_k = tf.where(by_short, tf.gather(tf.constant(_float64_keeps_k(short_side, max_side)), index),
-                       tf.gather(tf.constant(_float64_keeps_k(long_side, max_side)), index))
+    # Tests as arithmetic on 0 / 1 ints: tf2onnx loses the shape of an integer comparison's result
+    # (onnxruntime then refuses the resize that uses the size).
+    by_short = 1 - tf.clip_by_value(short_side * long - long_side * short, 0, 1)  # short_side/short <= long_side/long
+    limit = by_short * short + (1 - by_short) * long
+    target = by_short * short_side + (1 - by_short) * long_side
+    tables = np.concatenate([_float64_keeps_k(long_side, max_side), _float64_keeps_k(short_side, max_side)])
+    keeps_k = tf.gather(tf.constant(tables), tf.clip_by_value(limit, 1, max_side) - 1 + by_short * max_side)
+    powers = tf.constant([2.0 ** j for j in range(-1, 31)], tf.float32)
 
     def scaled(side):
         k, rest = (side * target) // limit, (side * target) % limit
         # k / 2^e with 2^e < k <= 2^(e + 1): where k sits in the binade of the doubles just below it.
-        binade = tf.reduce_sum(tf.cast(tf.constant([2 ** j for j in range(31)], tf.int32) < k[..., None],
-                                       tf.int32), axis=-1) - 1
-        position = tf.cast(k, tf.float32) / tf.gather(tf.constant([2.0 ** j for j in range(-1, 30)], tf.float32),
-                                                      binade + 1)
-        return k - tf.cast((rest == 0) & (k > 0) & (position > keeps_k), tf.int32)
+        exact_k = tf.cast(k, tf.float32)  # exact: k < 2^24
+        binade = tf.reduce_sum(tf.cast(powers[1:] < tf.expand_dims(exact_k, -1), tf.int32), axis=-1)
+        position = exact_k / tf.gather(powers, binade)
+        divides = (1 - tf.clip_by_value(rest, 0, 1)) * tf.clip_by_value(k, 0, 1)  # k > 0 is an exact quotient
+        return k - divides * tf.cast(position > keeps_k, tf.int32)
 
     return scaled(h), scaled(w)
 
