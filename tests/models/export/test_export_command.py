@@ -110,6 +110,38 @@ def test_detector_export_matches_predict_detections(checkpoints, tmp_path, fmt):
 
 
 @pytest.mark.slow
+def test_detector_saved_model_gives_the_detections_json_predict_py_writes(checkpoints, tmp_path):
+    """The SavedModel in a process that cannot import the project, against predict.py's detections.json."""
+    import predict
+    from pycocotools import mask as mask_utils
+
+    from data.images import write_png
+    from models.export.verify import match_detections
+
+    out, photos = tmp_path / "export", tmp_path / "photos"
+    _export(checkpoints["mask_rcnn"], out, *DETECTOR_FLAGS, "--no-verify")
+    photos.mkdir()
+    for number, photo in enumerate(sample_photos(), 1):
+        write_png(photos / f"photo{number}.png", photo)
+    predict.main(["--model", "mask_rcnn", "--checkpoint", checkpoints["mask_rcnn"], str(photos), "--out",
+                  str(tmp_path / "predicted"), "--short-side", "96", "--long-side", "128", "--score-threshold",
+                  "0.45", "--quiet"])
+    with open(tmp_path / "predicted" / "detections.json") as f:
+        written = json.load(f)
+    served = _run_client(tmp_path, "saved_model", out / "1", sample_photos())
+    for number, outputs in enumerate(served, 1):
+        mine = [d for d in written if d["file_name"] == f"photo{number}.png"]
+        reference = {"boxes": np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]),
+                     "class_ids": np.array([d["category_id"] for d in mine]),
+                     "scores": np.array([d["score"] for d in mine]),
+                     "masks": np.array([mask_utils.decode(d["segmentation"]) for d in mine])}
+        figures = match_detections(outputs, reference)
+        assert figures["reference"] > 0 and figures["matched"] == figures["reference"] == figures["served"]
+        # (detections.json rounds boxes to 2 decimals: small boxes lose a little IoU.)
+        assert figures["box_iou"] > 0.995 and figures["mask_iou"] > 0.99 and figures["score_difference"] < 1e-4
+
+
+@pytest.mark.slow
 def test_detector_saved_model_uses_its_default_threshold_and_takes_another(checkpoints, tmp_path):
     out = tmp_path / "export"
     _export(checkpoints["mask_rcnn"], out, *DETECTOR_FLAGS, "--no-verify")
