@@ -231,3 +231,20 @@ def test_an_earlier_export_is_not_overwritten_without_overwrite(checkpoints, tmp
     assert os.path.getmtime(out / "export.json") == before
     _export(checkpoints["pspnet"], out, "--no-verify", "--overwrite")
     assert _manifest(out)["verification"] is None
+
+
+@pytest.mark.slow
+def test_saved_model_serves_a_batch_of_equal_sizes_and_its_metadata(checkpoints, tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "export"
+    _export(checkpoints["pspnet"], out, "--no-verify", "--sliding", "--crop", "65", "--flip")
+    loaded = tf.saved_model.load(str(out / "1"))
+    photos = sample_photos((97, 123))
+    batch = loaded.signatures["serve_batch"](images=tf.constant(np.stack(photos)))
+    for index, photo in enumerate(photos):
+        single = loaded.signatures["serving_default"](image=tf.constant(photo))
+        np.testing.assert_array_equal(batch["label_ids"][index].numpy(), single["label_ids"].numpy())
+    metadata = json.loads(loaded.signatures["metadata"]()["metadata"].numpy())
+    assert metadata["inference"] == {"mode": "sliding", "crop_size": [65, 65], "stride": [44, 44], "flip": True}
+    assert metadata == {key: value for key, value in _manifest(out).items() if key in metadata}
