@@ -17,6 +17,7 @@ from models.mask_rcnn.nms import portable_nms
 from models.mask_rcnn.prediction import ModelCategories
 from models.mask_rcnn.transform import resize_normalize_pad_equal
 
+PASTE_SCOPE = "paste_masks"  # the name scope of the in-graph paste (models/export/quantize.py keeps it float)
 SIZE_DIVISIBLE = 32  # the detector's padding (transform.preprocess's size_divisible)
 OUTPUTS = {
     "boxes": "[N, 4] float32 (x1, y1, x2, y2) in the input image's pixels",
@@ -28,9 +29,9 @@ OUTPUTS = {
 
 
 def _axis_weights(first, last, mask_size, length):
-    """Bilinear weights [K, length, mask_size + 2] of torchvision's paste along one axis.
+    """Bilinear weights [..., length, mask_size + 2] of torchvision's paste along one axis.
 
-    first, last: [K] float32 whole numbers, the grown box's truncated edges on this
+    first, last: [...] float32 whole numbers, the grown box's truncated edges on this
     axis (torchvision's window: pixels first..last, h' = max(last - first + 1, 1) of
     them). Window pixel j reads the bordered mask (S = mask_size + 2 rows) at
     src = max((j + 0.5) * S / h' - 0.5, 0), as F.interpolate(align_corners=False)
@@ -39,13 +40,13 @@ def _axis_weights(first, last, mask_size, length):
     Pixels outside the window (and every pixel of an inverted box) weigh nothing.
     """
     bordered = mask_size + 2
-    pixel = tf.range(tf.cast(length, tf.float32))[None, :]  # [1, length]
-    first, last = first[:, None], last[:, None]
+    pixel = tf.range(tf.cast(length, tf.float32))  # [length]
+    first, last = first[..., None], last[..., None]
     size = tf.maximum(last - first + 1.0, 1.0)
-    src = tf.maximum((pixel - first + 0.5) * (float(bordered) / size) - 0.5, 0.0)  # [K, length]
+    src = tf.maximum((pixel - first + 0.5) * (float(bordered) / size) - 0.5, 0.0)  # [..., length]
     low = tf.floor(src)
     high_weight = src - low
-    rows = tf.range(float(bordered))[None, None, :]
+    rows = tf.range(float(bordered))
     weights = ((1.0 - high_weight)[..., None] * tf.cast(tf.equal(rows, low[..., None]), tf.float32)
                + high_weight[..., None] * tf.cast(tf.equal(rows, low[..., None] + 1.0), tf.float32))
     in_window = tf.cast((pixel >= first) & (pixel <= last), tf.float32)
@@ -55,28 +56,37 @@ def _axis_weights(first, last, mask_size, length):
 def paste_masks_dense(masks, boxes, image_size, threshold):
     """torchvision's paste_masks_in_image, thresholded, as two small matrix products per mask (graph ops only).
 
-    masks: [K, M, M] float32 probabilities; boxes: [K, 4] float32 (y1, x1, y2, x2) in
+    masks: [..., M, M] float32 probabilities; boxes: [..., 4] float32 (y1, x1, y2, x2) in
     the image's pixels; image_size: (H, W) int32 scalars; threshold: a pixel is on iff
     its value >= threshold (paste_masks' default rule).
     Each box is grown by (M + 2) / M about its centre and truncated to whole pixels,
     the mask gets a 1-pixel zero border and is resized bilinearly to the box's window:
     pasted[k] = Ry[k] @ (bordered[k] @ Rx[k]^T), the products in the order
-    F.interpolate sums (along x first), Ry [K, H, M + 2] and Rx [K, W, M + 2] from
-    _axis_weights. Returns [K, H, W] bool.
+    F.interpolate sums (along x first), Ry [..., H, M + 2] and Rx [..., W, M + 2] from
+    _axis_weights. Returns [..., H, W] bool. No reshape: a batch with no detection has a
+    0 in its shape, which an ONNX Reshape reads as "copy this dimension" (onnxruntime and
+    OpenVINO then fail). Its ops carry the name scope PASTE_SCOPE: int8 quantization leaves
+    them in float (quantized, these products gave empty masks).
     """
     mask_size = masks.shape[-1]
-    bordered = tf.pad(tf.cast(masks, tf.float32), [[0, 0], [1, 1], [1, 1]])
+    with tf.name_scope(PASTE_SCOPE):
+        return _paste(masks, boxes, image_size, threshold, mask_size)
+
+
+def _paste(masks, boxes, image_size, threshold, mask_size):
+    masks = tf.cast(masks, tf.float32)
+    bordered = tf.pad(masks, [[0, 0]] * (len(masks.shape) - 2) + [[1, 1], [1, 1]])
     scale = (mask_size + 2) / mask_size
-    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
-    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+    half = (boxes[..., 2:] - boxes[..., :2]) * 0.5 * scale
+    centre = (boxes[..., 2:] + boxes[..., :2]) * 0.5
 
     def truncate(x):  # torch's float -> int64 conversion, kept in float (no cast whose rounding runtimes differ on)
         return tf.where(x < 0, tf.math.ceil(x), tf.floor(x))
 
-    first, last = truncate(centre - half), truncate(centre + half)  # [K, 2] (y, x)
-    rows = _axis_weights(first[:, 0], last[:, 0], mask_size, image_size[0])
-    columns = _axis_weights(first[:, 1], last[:, 1], mask_size, image_size[1])
-    pasted = tf.matmul(rows, tf.matmul(bordered, columns, transpose_b=True))  # [K, H, W]
+    first, last = truncate(centre - half), truncate(centre + half)  # [..., 2] (y, x)
+    rows = _axis_weights(first[..., 0], last[..., 0], mask_size, image_size[0])
+    columns = _axis_weights(first[..., 1], last[..., 1], mask_size, image_size[1])
+    pasted = tf.matmul(rows, tf.matmul(bordered, columns, transpose_b=True))  # [..., H, W]
     return pasted >= threshold
 
 
@@ -133,11 +143,9 @@ class DetectorServing(keras.Model):
         # Back to the input's pixels: original / resized per axis, in float32 as torchvision (transform.in_original_pixels).
         ratio = tf.cast(tf.stack([height, width]), tf.float32) / tf.cast(resized, tf.float32)
         boxes = found["boxes"][:, :most] * tf.tile(ratio, [2]) * tf.cast(kept, tf.float32)[..., None]
-        masks = found["masks"][:, :most]
-        pasted = paste_masks_dense(tf.reshape(masks, [-1, *masks.shape[2:]]), tf.reshape(boxes, [-1, 4]),
-                                   (height, width), self.mask_threshold)
+        pasted = paste_masks_dense(found["masks"][:, :most], boxes, (height, width), self.mask_threshold)
         # A logical and, not a product: LiteRT has no builtin uint8 multiply.
-        pasted = tf.cast(tf.reshape(pasted, [batch, most, height, width]) & kept[..., None, None], tf.uint8)
+        pasted = tf.cast(pasted & kept[..., None, None], tf.uint8)
         return {"boxes": tf.gather(boxes, [1, 0, 3, 2], axis=-1),
                 "class_ids": tf.where(kept, found["category_ids"][:, :most], 0),
                 "scores": tf.where(kept, scores[:, :most], 0.0),

@@ -142,6 +142,18 @@ def test_detector_saved_model_gives_the_detections_json_predict_py_writes(checkp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_detector_export_serves_a_photo_with_no_detection(checkpoints, tmp_path, fmt):
+    """Nothing above the threshold: empty outputs, not a failed Reshape (a 0 in an ONNX shape means 'copy')."""
+    out = tmp_path / fmt
+    _export(checkpoints["mask_rcnn"], out, "--format", fmt, *DETECTOR_FLAGS, "--no-verify")
+    photo = sample_photos()[1]
+    outputs = load(fmt, str(out / ("model.onnx" if fmt == "onnx" else "model.xml")))(photo, score_threshold=1.0)
+    assert int(np.asarray(outputs["num_detections"]).reshape(-1)[0]) == 0
+    assert outputs["masks"].shape == (0,) + photo.shape[:2] and outputs["boxes"].shape == (0, 4)
+
+
+@pytest.mark.slow
 def test_detector_saved_model_uses_its_default_threshold_and_takes_another(checkpoints, tmp_path):
     out = tmp_path / "export"
     _export(checkpoints["mask_rcnn"], out, *DETECTOR_FLAGS, "--no-verify")
