@@ -80,8 +80,11 @@ def _tool(function, *args):
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             return function(*args)
-    except BaseException:  # SystemExit of a user error included: show what the command said
+    except BaseException as error:  # SystemExit of a user error included: show what the command said
         print(log.getvalue()[-4000:], file=sys.stderr)
+        lines = [line for line in log.getvalue().splitlines() if line.strip()]
+        said = error.code if isinstance(error, SystemExit) and isinstance(error.code, str) else None
+        error.add_note(said or (lines[-1] if lines else repr(error)))  # SystemExit(message): a user error
         raise
 
 
@@ -93,32 +96,39 @@ def _evaluate(argv):
 
 def _export(checkpoint, out, calibration, *extra, quick=False):
     """OUT/ov (float32 IR) and OUT/ov8 (int8) from `python -m models.export --format openvino` (and
-    `--quantize int8 --calibration`); returns {folder: model.xml}. quick: no verification, and the int8 IR
-    is the command's quantize step on a copy of the float32 IR (not a second export)."""
+    `--quantize int8 --calibration`). Returns {folder: model.xml, or "failed: " + the command's last line}.
+    quick: no verification, and the int8 IR is the command's quantize step on a copy of the float32 IR
+    (not a second export)."""
     from models.export import command
     from models.export.quantize import quantize_openvino
 
     ov, ov8 = os.path.join(out, "ov"), os.path.join(out, "ov8")
     flags = ["--format", "openvino", *extra] + (["--no-verify"] if quick else [])
     _tool(command.main, [checkpoint, ov, *flags])
-    if quick:
-        from data.images import find_images
+    paths = {"ov": os.path.join(ov, "model.xml"), "ov8": os.path.join(ov8, "model.xml")}
+    try:
+        if quick:
+            from data.images import find_images
 
-        shutil.copytree(ov, ov8)
-        with open(os.path.join(ov8, "export.json")) as f:
-            metadata = json.load(f)
-        _tool(quantize_openvino, os.path.join(ov8, "model.xml"), find_images([calibration]), metadata)
-    else:
-        _tool(command.main, [checkpoint, ov8, *flags, "--quantize", "int8", "--calibration", calibration])
-    return {"ov": os.path.join(ov, "model.xml"), "ov8": os.path.join(ov8, "model.xml")}
+            shutil.copytree(ov, ov8)
+            with open(os.path.join(ov8, "export.json")) as f:
+                metadata = json.load(f)
+            _tool(quantize_openvino, paths["ov8"], find_images([calibration]), metadata)
+        else:
+            _tool(command.main, [checkpoint, ov8, *flags, "--quantize", "int8", "--calibration", calibration])
+    except (Exception, SystemExit) as error:  # int8 is the step that may fail on a graph: a row says so
+        paths["ov8"] = "failed: " + (error.__notes__[-1] if getattr(error, "__notes__", None) else repr(error))
+    return paths
 
 
 def _clients(paths):
-    """{row label: run(image, score_threshold=None)} for OPENVINO_RUNS, loaded with models/export/clients.py."""
+    """{row label: run(image, score_threshold=None), or the export's "failed: ..."} for OPENVINO_RUNS,
+    loaded with models/export/clients.py."""
     from models.export import clients
 
     threads = int(os.environ.get("BENCHMARK_THREADS", 0)) or None
-    return {label: clients.load("openvino", paths[folder], precision=precision, threads=threads)
+    return {label: paths[folder] if paths[folder].startswith("failed") else
+            clients.load("openvino", paths[folder], precision=precision, threads=threads)
             for label, folder, precision in OPENVINO_RUNS}
 
 
@@ -145,6 +155,9 @@ def _pspnet_rows(checkpoint, data, work, *, name, quick):
                        quick=quick)
     runners = _clients(exported)
     for label, runner in runners.items():
+        if isinstance(runner, str):
+            rows.append(Result(f"{name} mIoU {label}", size, 0.0, note=runner))
+            continue
         out = os.path.join(work, "psp_" + label.replace(" ", "_"))
         os.makedirs(out)
         for example in examples:
@@ -201,7 +214,8 @@ def _photo_rows(checkpoint, runners, *, name, quick):
     expected = [predict_image(reference, rgb) for _, rgb in images]
     bfloat16 = load_inference_model(checkpoint, precision="bfloat16")
     served = {"Keras bfloat16": lambda rgb: predict_image(bfloat16, rgb),
-              **{label: (lambda rgb, r=runner: r(rgb)["class_ids"]) for label, runner in runners.items()}}
+              **{label: (lambda rgb, r=runner: r(rgb)["class_ids"]) for label, runner in runners.items()
+                 if not isinstance(runner, str)}}
     size = f"{len(images)} photos"
     rows = []
     for label, predict in served.items():
@@ -248,17 +262,53 @@ def _detector_rows(checkpoint, data, work):
         raise RuntimeError(f"evaluate.py's mask rule {settings['mask_rule']} is not the served graph's (at_least)")
     exported = _export(checkpoint, os.path.join(work, "det_export"), os.path.join(data, "train2017"),
                        "--model", "mask_rcnn")
+    if exported["ov8"].startswith("failed"):
+        rows.append(Result("maskrcnn[demo] AP OpenVINO int8", size, 0.0, note=exported["ov8"]))
+        exported["ov8"] = _int8_on_images_with_objects(checkpoint, data, work)
     for label, runner in _clients(exported).items():
+        if label.endswith("int8") and exported["ov8"].startswith(os.path.join(work, "det_int8_retry")):
+            label += " (calibrated on images with objects)"
+        if isinstance(runner, str):
+            rows.append(Result(f"maskrcnn[demo] AP {label}", size, 0.0, note=runner))
+            continue
         predictions = []
-        for image_id in sorted(ground_truth.imgs):
-            found = detect_file(runner, os.path.join(data, "val2017", ground_truth.imgs[image_id]["file_name"]),
-                                settings["score_threshold"], settings["detections_per_image"])
-            predictions.append({"image_id": image_id, **found})
+        try:
+            for image_id in sorted(ground_truth.imgs):
+                path = os.path.join(data, "val2017", ground_truth.imgs[image_id]["file_name"])
+                found = detect_file(runner, path, settings["score_threshold"], settings["detections_per_image"])
+                predictions.append({"image_id": image_id, **found})
+        except RuntimeError as error:  # the runtime refusing an image: a row says which and why
+            rows.append(Result(f"maskrcnn[demo] AP {label}", size, 0.0, note=f"failed on {path}: "
+                               f"{[line for line in str(error).splitlines() if line.strip()][-1]}"))
+            continue
         metrics = coco_metrics(ground_truth, predictions, settings)
         rows.append(_ap_row(f"maskrcnn[demo] AP {label}", size, metrics, keras["float32"],
                             f"clients.py -> COCO results -> COCOeval; {sum(len(p['scores']) for p in predictions)} "
                             "detections"))
     return rows
+
+
+def _int8_on_images_with_objects(checkpoint, data, work):
+    """The int8 export calibrated on the train images that hold objects: the export fails on an image the
+    detector finds nothing in (seen: OpenVINO's Reshape of the [0, H, W] masks); model.xml or "failed: ..."."""
+    from models.export import command
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        train = COCO(os.path.join(data, "annotations", "instances_train2017.json"))
+    images = os.path.join(work, "det_int8_retry", "calibration")
+    os.makedirs(images)
+    for image_id, info in train.imgs.items():
+        if train.getAnnIds(imgIds=image_id, iscrowd=False):
+            os.symlink(os.path.abspath(os.path.join(data, "train2017", info["file_name"])),
+                       os.path.join(images, info["file_name"]))
+    out = os.path.join(work, "det_int8_retry", "ov8")
+    try:
+        _tool(command.main, [checkpoint, out, "--model", "mask_rcnn", "--format", "openvino", "--quantize", "int8",
+                             "--calibration", images])
+    except (Exception, SystemExit) as error:
+        return "failed: " + (error.__notes__[-1] if getattr(error, "__notes__", None) else repr(error))
+    return os.path.join(out, "model.xml")
 
 
 def detect_file(runner, path, score_threshold, detections_per_image):
