@@ -262,12 +262,7 @@ def _detector_rows(checkpoint, data, work):
         raise RuntimeError(f"evaluate.py's mask rule {settings['mask_rule']} is not the served graph's (at_least)")
     exported = _export(checkpoint, os.path.join(work, "det_export"), os.path.join(data, "train2017"),
                        "--model", "mask_rcnn")
-    if exported["ov8"].startswith("failed"):
-        rows.append(Result("maskrcnn[demo] AP OpenVINO int8", size, 0.0, note=exported["ov8"]))
-        exported["ov8"] = _int8_on_images_with_objects(checkpoint, data, work)
     for label, runner in _clients(exported).items():
-        if label.endswith("int8") and exported["ov8"].startswith(os.path.join(work, "det_int8_retry")):
-            label += " (calibrated on images with objects)"
         if isinstance(runner, str):
             rows.append(Result(f"maskrcnn[demo] AP {label}", size, 0.0, note=runner))
             continue
@@ -286,29 +281,6 @@ def _detector_rows(checkpoint, data, work):
                             f"clients.py -> COCO results -> COCOeval; {sum(len(p['scores']) for p in predictions)} "
                             "detections"))
     return rows
-
-
-def _int8_on_images_with_objects(checkpoint, data, work):
-    """The int8 export calibrated on the train images that hold objects: the export fails on an image the
-    detector finds nothing in (seen: OpenVINO's Reshape of the [0, H, W] masks); model.xml or "failed: ..."."""
-    from models.export import command
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        train = COCO(os.path.join(data, "annotations", "instances_train2017.json"))
-    images = os.path.join(work, "det_int8_retry", "calibration")
-    os.makedirs(images)
-    for image_id, info in train.imgs.items():
-        if train.getAnnIds(imgIds=image_id, iscrowd=False):
-            os.symlink(os.path.abspath(os.path.join(data, "train2017", info["file_name"])),
-                       os.path.join(images, info["file_name"]))
-    out = os.path.join(work, "det_int8_retry", "ov8")
-    try:
-        _tool(command.main, [checkpoint, out, "--model", "mask_rcnn", "--format", "openvino", "--quantize", "int8",
-                             "--calibration", images])
-    except (Exception, SystemExit) as error:
-        return "failed: " + (error.__notes__[-1] if getattr(error, "__notes__", None) else repr(error))
-    return os.path.join(out, "model.xml")
 
 
 def detect_file(runner, path, score_threshold, detections_per_image):
