@@ -1,4 +1,5 @@
-"""The two published PyTorch PSPNets, rewritten in plain torch for the converter tests (not installable here).
+"""The two published PyTorch PSPNets, rewritten in plain torch (neither is installable here): the converter
+tests' references and the PyTorch side of benchmarks/deploy.py.
 
 - SemsegPSPNet: hszhao/semseg's model/pspnet.py on its model/resnet.py (deep_base=True),
   written from that code: same modules in the same order, so the same state-dict
@@ -18,10 +19,11 @@
 
 `width` (64 in every published model) scales the channels so tests can also run small models.
 Both take NCHW images normalised as this project's (RGB - INPUT_MEAN) / INPUT_STD and return logits.
+TensorFlow is not imported here (a memory probe of torch alone carries no TensorFlow runtime); in a process
+that uses both, import torch first (tests/conftest.py says why).
 """
 import torch
 import torch.nn.functional as F
-from test_torch_weights import randomize_torch_batch_norms
 from torch import nn
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -200,6 +202,17 @@ class MmsegPSPNet(nn.Module):
         """EncoderDecoder.encode_decode: decode head on C5, logits resized to the image (the head's align_corners)."""
         out = self.decode_head(self.backbone(img)[3])
         return F.interpolate(out, img.shape[2:], mode="bilinear", align_corners=self.align_corners)
+
+
+def randomize_torch_batch_norms(module, generator):
+    """Random BatchNorm statistics and affine parameters, so a conversion that drops or swaps one shows."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=generator) + 0.5
+            m.bias.data = torch.randn(c, generator=generator) * 0.1
+            m.running_mean = torch.randn(c, generator=generator) * 0.1
+            m.running_var = torch.rand(c, generator=generator) * 1.5 + 0.5
 
 
 def randomize(module, seed):
