@@ -10,7 +10,8 @@ from data.cli import set_tensorflow_environment
 # Before TensorFlow is imported (it reads these once): quiet C++ logging, oneDNN CPU kernels where they help.
 set_tensorflow_environment()
 
-AREAS = ("losses", "pipeline", "coco_input", "coco_pipeline", "pspnet", "protocols", "mask_rcnn", "detector", "memory")
+AREAS = ("losses", "pipeline", "coco_input", "coco_pipeline", "pspnet", "protocols", "mask_rcnn", "detector", "memory",
+         "deploy")
 
 
 def _format(results, judge=True):

@@ -223,3 +223,30 @@ def randomize(module, seed):
             m.reset_parameters()
     randomize_torch_batch_norms(module, torch.Generator().manual_seed(seed))
     return module.eval()
+
+
+def save_semseg(model, path):
+    """Writes `model`'s weights as semseg's tool/train.py saves them: {"state_dict": DataParallel's "module." keys}."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+def load_semseg(path, classes=19, width=64):
+    """The SemsegPSPNet-50 (no aux head) of a save_semseg file, in eval mode."""
+    state = torch.load(path, weights_only=True)["state_dict"]
+    model = SemsegPSPNet(50, classes=classes, width=width, aux=False)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def segment(model, rgb, mean, std, bfloat16=False):
+    """What a semseg user runs on one image at one scale: uint8 [H, W, 3] RGB -> class map [H, W] int64 (NumPy).
+
+    Normalised with mean, std (3 floats each: data.normalization's, passed in so that this module imports
+    no TensorFlow); bfloat16: the forward pass under torch.autocast("cpu", dtype=torch.bfloat16).
+    """
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    image = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        logits = model(image)
+    return logits.argmax(1)[0].numpy()
