@@ -5,6 +5,7 @@
     python evaluate.py ... --protocol semseg     # or mmseg: a source's own test (models/pspnet/protocol_settings.py)
     python evaluate.py --model mask_rcnn --checkpoint FILE --data COCO_DIR --split val --out DIR   # from raw images
     python evaluate.py --model mask_rcnn --boxes gt --checkpoint FILE --data COCO_DIR --split val --out DIR
+    python evaluate.py ... --precision bfloat16  # bfloat16 layers, float32 weights (models/precision.py)
 
 Output in OUT: metrics.json; PSPNet: <city>_<seq>_<frame>_pred_labelIds.png (what
 `CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling` and the test server read),
@@ -64,6 +65,7 @@ def build_parser():
                              "default for converted torchvision models), all = every image of --split, those "
                              "--max-images leaves out counting as missed (default for this project's runs)")
     cli.add_skip_bad_flag(parser, models=psp)
+    cli.add_precision_flag(parser)
     add_quiet_flag(parser)
     cli.add_debug_flag(parser)
     return parser
@@ -115,6 +117,11 @@ def main(argv=None):
 
         for line in origin_lines(args.checkpoint, protocol):
             print(line, flush=True)
+        if args.precision == "bfloat16":
+            from models.precision import bfloat16_note
+
+            if note := bfloat16_note():
+                cli.warn(note)
         if args.model == "mask_rcnn":
             from models.mask_rcnn.evaluation import evaluate_on_coco
 
@@ -124,12 +131,13 @@ def main(argv=None):
                                     progress=progress, mask_rule=args.mask_rule,
                                     score_threshold=args.score_threshold,
                                     detections_per_image=args.detections_per_image,
-                                    box_decimals=args.box_decimals, scored_images=args.scored_images)
+                                    box_decimals=args.box_decimals, scored_images=args.scored_images,
+                                    precision=args.precision)
         from models.pspnet.evaluation import evaluate_on_cityscapes
 
         return evaluate_on_cityscapes(args.checkpoint, args.data, args.out, split=args.split, tfds=args.tfds,
                                       protocol=protocol, max_images=args.max_images, skip_bad=args.skip_bad,
-                                      progress=progress)
+                                      progress=progress, precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python predict.py --checkpoint ... IMAGES --out DIR --sliding --crop 713 --flip --scales 0.75,1,1.25
     python predict.py --checkpoint pspnet50_mmseg.keras IMAGES --out DIR --protocol mmseg   # or semseg
     python predict.py --model mask_rcnn --checkpoint maskrcnn.keras photo.jpg --out detections/ --score-threshold 0.5
+    python predict.py ... --precision bfloat16     # bfloat16 layers, float32 weights (models/precision.py)
 
 Any size and any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...); greyscale,
 RGBA (alpha dropped), 16-bit and EXIF-rotated images are converted as data.images
@@ -45,6 +46,7 @@ def build_parser():
                         help="keep detections scoring at least this, in [0, 1]")
     cli.add_resize_flags(parser, models=mrcnn)
     cli.add_skip_bad_flag(parser)
+    cli.add_precision_flag(parser)
     add_quiet_flag(parser)
     cli.add_debug_flag(parser)
     return parser
@@ -92,11 +94,16 @@ def main(argv=None):
 
         for line in origin_lines(args.checkpoint, protocol):
             print(line, flush=True)
+        if args.precision == "bfloat16":
+            from models.precision import bfloat16_note
+
+            if note := bfloat16_note():
+                cli.warn(note)
         if args.model == "mask_rcnn":
             from models.mask_rcnn.loading import inference_sizes, load_detector
             from models.mask_rcnn.prediction import predict_files
 
-            detector = load_detector(args.checkpoint, hint="pass --model pspnet")
+            detector = load_detector(args.checkpoint, hint="pass --model pspnet", precision=args.precision)
             sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
             return predict_files(detector, paths, args.out, **sizes, score_threshold=args.score_threshold,
                                  alpha=args.alpha, overwrite=args.overwrite, skip_bad=args.skip_bad,
@@ -104,7 +111,7 @@ def main(argv=None):
         from models.pspnet.inference import load_inference_model
         from models.pspnet.prediction import predict_files
 
-        model = load_inference_model(args.checkpoint)
+        model = load_inference_model(args.checkpoint, args.precision)
         return predict_files(model, paths, args.out, protocol=protocol, alpha=args.alpha,
                              overwrite=args.overwrite, skip_bad=args.skip_bad, progress=progress)
 

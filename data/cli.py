@@ -142,6 +142,16 @@ def add_skip_bad_flag(parser, models=None):
                              "each and a count at the end, instead of stopping at the first")
 
 
+def add_precision_flag(parser):
+    """--precision float32|bfloat16 (evaluate.py, predict.py): what models.precision.with_precision applies to the
+    loaded model."""
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the arithmetic of the model: float32 (default), or bfloat16 (Keras mixed_bfloat16: "
+                             "float32 weights, bfloat16 layers; boxes, logits and scores stay float32), faster "
+                             "on CPUs with AVX512_BF16 or AMX, emulated and slower on others; bfloat16 changes "
+                             "the results slightly")
+
+
 def parse_pair(text, cast=int, flag=None):
     """"713" -> (713, 713); "512,1024" or "512x1024" -> (512, 1024): a size H,W (or any pair) given as one number
     or two. An argparse `type` (flag=None: argparse names the flag) or a check (raises UsageError naming flag)."""

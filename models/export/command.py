@@ -80,9 +80,9 @@ def check_args(args):
             raise UsageError("--quantize int8: pass --calibration IMAGE_DIR (images like the ones it will serve)")
     elif args.calibration:
         raise UsageError("--calibration: only used with --quantize int8")
+    cli.check_output_dir("OUT", args.out)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"{args.checkpoint}: no such file (a .keras checkpoint)")
-    cli.check_output_dir("OUT", args.out)
     for path in (artifact_path(args.out, args.format), os.path.join(args.out, "export.json")):
         if os.path.exists(path) and not args.overwrite:
             raise OutputExistsError(f"{path}: exists already; pass --overwrite or another OUT")
@@ -90,9 +90,13 @@ def check_args(args):
 
 
 def load_serving(args):
-    """(serving module, reference(rgb) as predict.py computes it) for the parsed flags."""
-    from models.precision import with_precision
+    """(serving module, reference(rgb) as predict.py computes it) for the parsed flags.
 
+    The reference is always the float32 model, as predict.py runs it by default: a bfloat16 export's
+    check then says what bfloat16 costs. Only the SavedModel computes in bfloat16 in its graph; an
+    OpenVINO IR stays float32 and its CPU plugin runs it in bfloat16 when a client asks (export.json).
+    """
+    bfloat16_graph = args.precision == "bfloat16" and args.format == "saved_model"
     if args.model == "mask_rcnn":
         from models.export.mask_rcnn import DetectorServing
         from models.export.verify import detector_reference
@@ -100,7 +104,9 @@ def load_serving(args):
 
         detector = load_detector(args.checkpoint, flag="CHECKPOINT", hint="pass --model pspnet")
         sizes = inference_sizes(args.checkpoint, args.short_side, args.long_side)
-        serving = DetectorServing(with_precision(detector, args.precision), short_side=sizes["short_side"],
+        served = load_detector(args.checkpoint, flag="CHECKPOINT", precision="bfloat16") \
+            if bfloat16_graph else detector
+        serving = DetectorServing(served, short_side=sizes["short_side"],
                                   long_side=sizes["long_side"], score_threshold=args.score_threshold)
         return serving, detector_reference(detector, **sizes, score_threshold=args.score_threshold)
     from models.export.pspnet import PSPNetServing
@@ -110,7 +116,8 @@ def load_serving(args):
     model = load_inference_model(args.checkpoint)
     settings = dict(mode="sliding" if args.sliding else "whole", crop_size=args.crop, stride=args.stride,
                     flip=args.flip)
-    serving = PSPNetServing(with_precision(model, args.precision), probabilities=args.probabilities, **settings)
+    served = load_inference_model(args.checkpoint, precision="bfloat16") if bfloat16_graph else model
+    serving = PSPNetServing(served, probabilities=args.probabilities, **settings)
     return serving, pspnet_reference(model, **settings)
 
 

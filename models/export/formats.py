@@ -121,7 +121,9 @@ def _openvino(serving, path, input_size):
 def _litert(serving, path, input_size):
     fn, signature = _default_endpoint(serving, input_size)
     concrete = tf.function(fn).get_concrete_function(*signature)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serving)
+    # No trackable object: given one, the converter keeps the weights as resource variables, which a plain
+    # Interpreter reads uninitialised (garbage under XNNPACK). Without it they are frozen into constants.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         flat = converter.convert()

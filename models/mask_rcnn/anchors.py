@@ -55,6 +55,8 @@ class Anchors(keras.layers.Layer):
     """
 
     def __init__(self, sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS, **kwargs):
+        # A geometry layer, as Proposals and Detections: no autocast, so models.precision keeps it float32.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.sizes = tuple(int(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)

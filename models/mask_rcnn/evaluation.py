@@ -77,7 +77,7 @@ def coco_settings(checkpoint, detector, **given):
 
 
 def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detector", class_source="predicted",
-                     short_side=None, long_side=None, max_images=0, progress=None, **settings):
+                     short_side=None, long_side=None, max_images=0, progress=None, precision="float32", **settings):
     """COCO AP of a Mask R-CNN checkpoint on one split; writes results and metrics.json, prints them; returns metrics.
 
     boxes="detector": the detector from raw images; writes
@@ -98,6 +98,7 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     images, detections (and class_source for boxes="gt") and "settings", the
     settings used. progress: a data.progress.Progress for the
     images (and a first use's conversion of the split); None: shown on stderr.
+    precision: "float32" or "bfloat16", the detector's compute dtype (load_detector); metrics["precision"].
     User errors raise data.errors.UsageError or CheckpointError, one line naming
     the file and the evaluate.py flag.
     """
@@ -108,7 +109,7 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     from models.mask_rcnn.oracle import oracle_heads_model, predict_oracle_masks
     from models.mask_rcnn.prediction import ModelCategories, detect_dataset
 
-    detector = load_detector(checkpoint, hint="pass --model pspnet")
+    detector = load_detector(checkpoint, hint="pass --model pspnet", precision=precision)
     try:
         split_data = coco.read_coco(data_dir, split, progress=progress)
     except FileNotFoundError as error:
@@ -147,6 +148,7 @@ def evaluate_on_coco(checkpoint, data_dir, out_dir, *, split="val", boxes="detec
     if boxes == "gt":
         metrics["class_source"] = class_source
     metrics["settings"] = used
+    metrics["precision"] = precision
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print("\n".join(f"{key:<14}{value:.4f}" for key, value in metrics.items() if isinstance(value, float)))

@@ -16,13 +16,17 @@ import os
 
 from models.checkpoints import MASK_RCNN, PSPNET, CheckpointError, check_kind, load_keras_file, model_kind
 from models.mask_rcnn.detector import detector_layers
+from models.precision import with_precision
 
 # The predictors whose shapes follow the class count: left as initialised when fine-tuning on other classes.
 CLASS_SPECIFIC = ("box_head/class_logits/", "box_head/box_deltas/", "mask_head/logits/")
 
 
-def load_detector(path, flag="--checkpoint", hint=""):
+def load_detector(path, flag="--checkpoint", hint="", precision="float32"):
     """The build_mask_rcnn model held by a .keras file (a detector, or a DetectorTrainer's `.detector`).
+
+    precision: "float32", or "bfloat16" (models.precision.with_precision: the geometry layers and the
+    outputs stay float32).
 
     Loaded with safe_mode (models.checkpoints.load_keras_file). Raises models.checkpoints.CheckpointError
     (a ValueError; one line naming `flag` and the file) when it cannot be read or holds another kind of model;
@@ -38,7 +42,7 @@ def load_detector(path, flag="--checkpoint", hint=""):
     if not is_detector(model):
         raise CheckpointError(f"{flag} {path}: holds a {type(model).__name__} named {model.name!r}, "
                               "not a Mask R-CNN detector")
-    return model
+    return with_precision(model, precision)
 
 
 def is_detector(model):

@@ -180,7 +180,8 @@ class PredictClass(keras.layers.Layer):
 
 def pick_mask_channel(mask_logits, class_ids):
     """mask_logits [B, R, h, w, K + 1], class_ids [B, R] int -> probabilities [B, R, h, w] float32."""
-    picked = tf.gather(tf.cast(mask_logits, tf.float32), tf.cast(class_ids, tf.int32), axis=-1, batch_dims=2)
+    # axis=4, not -1: tf2onnx 1.17 turns a batched gather on a negative axis into a Transpose with a wrong perm.
+    picked = tf.gather(tf.cast(mask_logits, tf.float32), tf.cast(class_ids, tf.int32), axis=4, batch_dims=2)
     return tf.sigmoid(picked)
 
 

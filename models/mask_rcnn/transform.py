@@ -40,14 +40,28 @@ def resize_normalize_pad(images, decoded_sizes, image_sizes, *, size_divisible=3
 
     def one(args):
         image, decoded, size = args
-        pixels = tf.image.resize(image[:decoded[0], :decoded[1]], size, method="bilinear", antialias=False)
-        pixels = normalize(tf.cast(pixels, tf.float32))  # resized, then normalised: torchvision's order
-        return tf.pad(pixels, [[0, padded[0] - size[0]], [0, padded[1] - size[1]], [0, 0]])
+        return resize_normalize_pad_equal(image[:decoded[0], :decoded[1]], size, padded)
 
     # One image at a time: each has its own size. The loop runs in the graph (no Python per image).
     return tf.map_fn(one, (images, decoded_sizes, image_sizes),
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
 
+
+
+def resize_normalize_pad_equal(images, size, padded_size):
+    """Images of one size -> resized to `size` (bilinear, half-pixel centres, no antialiasing), normalised and
+    zero-padded at the bottom and right to padded_size: the per-image step of resize_normalize_pad.
+
+    images: [h, w, 3] or [N, h, w, 3] uint8 (or float in 0..255) RGB; size, padded_size: (height, width) ints.
+    Returns [H, W, 3] or [N, H, W, 3] float32, (H, W) = padded_size. No tf.map_fn: an exported graph
+    (models/export) calls this directly on one image or a batch of equal sizes.
+    """
+    # Cast first: the same values (ResizeBilinear reads uint8 as float), and tf2onnx would give the resize of a
+    # uint8 image a uint8 output (ONNX Resize keeps its input's type; TensorFlow's gives float32).
+    pixels = tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear", antialias=False)
+    pixels = normalize(pixels)  # resized, then normalised: torchvision's order
+    batch_axes = [[0, 0]] * (images.shape.rank - 3)
+    return tf.pad(pixels, batch_axes + [[0, padded_size[0] - size[0]], [0, padded_size[1] - size[1]], [0, 0]])
 
 
 def detector_inputs(batch, *, size_divisible=32):

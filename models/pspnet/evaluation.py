@@ -113,7 +113,8 @@ def plot_confusion(confusion, class_names, path):
 
 
 def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", crop_size=(713, 713), stride=None,
-                    flip=False, scales=(1.0,), write_predictions=True, progress=None, total=None, protocol=None):
+                    flip=False, scales=(1.0,), write_predictions=True, progress=None, total=None, protocol=None,
+                    precision="float32"):
     """Scores `model` on an eval dataset and writes predictions; returns the metrics dict.
 
     model: what models.pspnet.inference.predict_logits takes (a PSPNet, or a
@@ -123,7 +124,8 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     uint8 RGB as read (raw_eval_pipeline), each predicted on its own.
     mode, crop_size, stride, flip, scales: as predict_logits (the "ours" protocol).
     protocol: a models.pspnet.protocol_settings.TestProtocol (None: "ours" with the arguments above);
-    metrics["protocol"] records its name and settings.
+    metrics["protocol"] records its name and settings, metrics["precision"] `precision` (the model's:
+    models.precision.with_precision).
     Writes out_dir/metrics.json and confusion_matrix.png, and with
     write_predictions the labelIds PNGs and colour previews (module docstring).
     progress: a data.progress.Progress (None: shown on stderr), over `total` images (None: unknown).
@@ -156,6 +158,7 @@ def evaluate_pspnet(model, dataset, out_dir, *, num_classes=19, mode="whole", cr
     metrics = scores.as_dict(cityscapes.CLASS_NAMES[:num_classes] if num_classes == cityscapes.NUM_CLASSES
                              else [str(i) for i in range(num_classes)])
     metrics["protocol"] = protocol.as_dict()
+    metrics["precision"] = precision
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     plot_confusion(scores.confusion, list(metrics["per_class_iou"]), os.path.join(out_dir, "confusion_matrix.png"))
@@ -179,7 +182,8 @@ def raw_eval_pipeline(elements):
 
 
 def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=False, sliding=False, crop_size=713,
-                           flip=False, scales=(1.0,), max_images=0, skip_bad=False, progress=None, protocol=None):
+                           flip=False, scales=(1.0,), max_images=0, skip_bad=False, progress=None, protocol=None,
+                           precision="float32"):
     """Evaluates a .keras PSPNet on a Cityscapes split into out_dir; prints the scores; returns the metrics dict.
 
     data_dir: the Cityscapes root (leftImg8bit/, gtFine/), or with tfds the
@@ -187,6 +191,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     sliding: crop_size windows (else the whole image); flip, scales: as
     models.pspnet.inference.predict_logits. protocol: a models.pspnet.protocol_settings.TestProtocol
     (None: "ours" with sliding, crop_size, flip, scales). max_images: the first N only (0 = all).
+    precision: "float32" or "bfloat16", the model's compute dtype (load_inference_model); in metrics.json.
     skip_bad: examples with an unreadable image or label are left out with a
     warning each and a count at the end. Writes into out_dir what
     evaluate_pspnet writes (replacing earlier files of the same names).
@@ -210,7 +215,7 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
             elements = cityscapes.read_folder(data_dir, split, skip_bad=skip_bad, skipped=skipped)
         except FileNotFoundError as error:
             raise UsageError(f"--data: {error}") from None
-    model = load_inference_model(checkpoint)  # after the data: a wrong data_dir is found in seconds
+    model = load_inference_model(checkpoint, precision)  # after the data: a wrong data_dir is found in seconds
     total = dataset_length(elements)
     if protocol is None or protocol.name == "ours":
         dataset = cityscapes.eval_pipeline(elements, batch_size=1)
@@ -222,7 +227,8 @@ def evaluate_on_cityscapes(checkpoint, data_dir, out_dir, *, split="val", tfds=F
     try:
         metrics = evaluate_pspnet(model, dataset, out_dir, num_classes=model.output.shape[-1],
                                   mode="sliding" if sliding else "whole", crop_size=crop_size, flip=flip,
-                                  scales=scales, progress=progress, total=total, protocol=protocol)
+                                  scales=scales, progress=progress, total=total, protocol=protocol,
+                                  precision=precision)
     except tf.errors.InvalidArgumentError as error:
         examples = None
         if not tfds:

@@ -197,16 +197,20 @@ def overlay(image_uint8, color_mask, alpha=0.5):
     return np.clip(np.round((1.0 - alpha) * image + alpha * mask), 0, 255).astype(np.uint8)
 
 
-def load_inference_model(checkpoint):
+def load_inference_model(checkpoint, precision="float32"):
     """A .keras PSPNet file (train.py's, models.convert's) -> a model with only the main logits [B, H, W, C].
 
+    precision: "float32", or "bfloat16" (models.precision.with_precision, applied to the PSPNet itself, whose
+    builder keeps its classifiers float32; the logits stay float32).
     Loaded with safe_mode=True (models.checkpoints.load_keras_file). Raises
     models.checkpoints.CheckpointError (one line naming the file) for a file that
     cannot be read or holds another kind of model (a Mask R-CNN one: "pass --model mask_rcnn").
     """
     from models import checkpoints
+    from models.precision import with_precision
     from models.pspnet.model import inference_model
 
     model = checkpoints.check_kind(checkpoints.load_keras_file(checkpoint), checkpoints.PSPNET, checkpoint,
                                    hint="pass --model mask_rcnn")
+    model = with_precision(model, precision)
     return inference_model(model) if isinstance(model.output, dict) else model

@@ -30,6 +30,7 @@ from data.coco import command as coco_command
 from data.errors import UsageError
 from data.samples import command as samples_command
 from models.convert import command as convert_command
+from models.export import command as export_command
 from models.mask_rcnn import recipe as mask_recipe
 from models.pspnet import recipe as pspnet_recipe
 from models.training.recipe import build_parser as recipe_parser, parse_config
@@ -52,7 +53,8 @@ def _parsers():
     """Every command's parser(s), by name."""
     top, prepare = coco_command.build_parser()
     return {"evaluate.py": evaluate.build_parser(), "predict.py": predict.build_parser(),
-            "models.convert": convert_command.build_parser(), "data.coco": top, "data.coco prepare": prepare,
+            "models.convert": convert_command.build_parser(), "models.export": export_command.build_parser(),
+            "data.coco": top, "data.coco prepare": prepare,
             "data.samples": samples_command.build_parser(), "benchmarks": benchmarks_command.build_parser(),
             "train.py pspnet": recipe_parser(pspnet_recipe.CONFIG, pspnet_recipe.PRESETS),
             "train.py mask_rcnn": recipe_parser(mask_recipe.CONFIG, mask_recipe.PRESETS)}
@@ -88,6 +90,10 @@ MODEL_ONLY = {
     "predict.py": {"--sliding": "pspnet", "--crop": "pspnet", "--flip": "pspnet", "--scales": "pspnet",
                    "--score-threshold": "mask_rcnn", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
                    **PROTOCOL_FLAGS},
+    # issue 22: the inference settings baked into the exported graph
+    "models.export": {"--sliding": "pspnet", "--crop": "pspnet", "--stride": "pspnet", "--flip": "pspnet",
+                      "--probabilities": "pspnet", "--short-side": "mask_rcnn", "--long-side": "mask_rcnn",
+                      "--score-threshold": "mask_rcnn"},
 }
 VALUES = {"--crop": ["5"], "--scales": ["1"], "--boxes": ["detector"], "--class-source": ["predicted"],
           "--short-side": ["800"], "--long-side": ["1333"], "--score-threshold": ["0.5"],
@@ -97,7 +103,7 @@ VALUES = {"--crop": ["5"], "--scales": ["1"], "--boxes": ["detector"], "--class-
           "--scored-images": ["evaluated"]}
 OTHER = {"pspnet": "mask_rcnn", "mask_rcnn": "pspnet"}
 REQUIRED = {"evaluate.py": ["--checkpoint", "c.keras", "--data", "d", "--out", "o"],
-            "predict.py": ["--checkpoint", "c.keras", "a.png", "--out", "o"]}
+            "predict.py": ["--checkpoint", "c.keras", "a.png", "--out", "o"], "models.export": ["c.keras", "o"]}
 
 
 @pytest.mark.parametrize("command", sorted(MODEL_ONLY))
@@ -137,13 +143,14 @@ def _output_runs(tmp_path):
         ("train.py", train.main, "--out", lambda out: ["--data", data, "--out", out], ""),
         ("models.convert", convert_command.main, "OUT",
          lambda out: ["torchvision-resnet50", str(tmp_path / "in.pth"), out], ".keras"),
+        ("models.export", export_command.main, "OUT", lambda out: ["c.keras", out], ""),
         ("data.coco", coco_command.main, "--out", lambda out: [data, "--out", out], ""),
         ("data.samples", samples_command.main, "OUT_DIR", lambda out: ["coco", out], ""),
         ("benchmarks", benchmarks_command.main, "--json", lambda out: ["--json", out], ".json"),
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(8))
 def test_an_output_path_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, index):
     name, main, flag, argv, suffix = _output_runs(tmp_path)[index]
     (tmp_path / "file").write_text("mine")
@@ -201,6 +208,7 @@ def test_what_a_user_sees_from_the_commands_that_import_tensorflow_first(tmp_pat
         (["-m", "models.convert", "torchvision-resnet50", str(tmp_path / "in.pth"), out + ".keras"], "OUT",
          out + ".keras"),
         (["-m", "data.coco", "prepare", str(tmp_path / "data"), "--out", out], "--out", out),
+        (["-m", "models.export", str(tmp_path / "in.pth"), out], "OUT", out),
     ]
     for argv, flag, path in runs:
         assert _run(*argv) == (1, [f"{flag} {path}: lies under the file {tmp_path / 'file'}, not a folder; "
