@@ -8,7 +8,9 @@ On matplotlib's photo resized to 713 x 713 (uint8 in, class map out, each side's
   (models.precision.with_precision);
 - the export (models.export.pspnet.PSPNetServing, whole image) in each runtime of
   benchmarks.deploy_runtimes.RUNTIMES, loaded with models/export/clients.py: SavedModel, onnxruntime,
-  OpenVINO fp32, bf16 and int8 (NNCF, calibrated on 8 crops of the photo);
+  OpenVINO fp32, bf16 and int8 (NNCF, calibrated on 8 crops of the photo). Exported at the image's size
+  (--input-size 713,713): OpenVINO 2026.4's CPU plugin refuses to compile the any-size IR of a PSPNet
+  loaded from a .keras file ("CpuBlockedMemoryDesc ... overflow while multiplying dim and stride");
 - semseg's PyTorch model, float32 and under torch.autocast("cpu", dtype=torch.bfloat16).
 Each row's note gives the share of pixels whose class agrees with Keras float32 (accuracy beside speed).
 Then a 1024 x 2048 image with 713 windows (stride 476, 8 windows, no flip): Keras against the fastest
@@ -23,7 +25,7 @@ Keras's each matches (same class, box IoU >= 0.5).
 Times: each side's median, all sides called in turn (benchmarks.harness.alternating_median_times) on the
 --threads threads (onnxruntime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS, torch's). Peak
 memory: one fresh process per runtime loading its artifact and running one image
-(benchmarks.deploy_runtimes.probe). --quick: a PSPNet-50 at base width 4 on 65 x 65 and only the
+(benchmarks.deploy_runtimes.probe). --quick: a PSPNet-50 at base width 4 on 97 x 97 and only the
 OpenVINO export (one export: each takes 10-40 s even for a tiny model), no sliding export, no
 detector, memory only of the processes without TensorFlow.
 """
@@ -89,21 +91,22 @@ def run_pspnet(quick, folder):
     from models.pspnet.inference import load_inference_model
     from models.pspnet.prediction import predict_image
 
-    width, side = (4, 65) if quick else (64, 713)
+    width, side = (4, 97) if quick else (64, 713)
     labels = QUICK_LABELS if quick else tuple(RUNTIMES)
     reference, torch_path, keras_path = pspnet_models(folder, width)
     model = load_inference_model(keras_path)
     image = resized_photo((side, side))
     calibration = calibration_images(os.path.join(folder, "calibration"), (side, side), 2 if quick else 8)
-    artifacts, written = export(PSPNetServing(model), os.path.join(folder, "pspnet"), labels, calibration)
+    artifacts, written, failed = export(PSPNetServing(model), os.path.join(folder, "pspnet"), labels, calibration,
+                                        input_size=(side, side))
 
     runs = {"Keras float32": lambda: predict_image(model, image)}
     with_precision = _with_precision()
     if with_precision is not None:
         bfloat16 = with_precision(model, "bfloat16")
         runs["Keras bfloat16"] = lambda: predict_image(bfloat16, image)
-    for label in labels:
-        runs[label] = (lambda run: lambda: run(image)["class_ids"])(load(label, artifacts[label]))
+    for label, path in artifacts.items():
+        runs[label] = (lambda run: lambda: run(image)["class_ids"])(load(label, path))
     mean, std = list(INPUT_MEAN), list(INPUT_STD)
     runs["PyTorch float32"] = lambda: segment(reference, image, mean, std)
     runs["PyTorch bf16 autocast"] = lambda: segment(reference, image, mean, std, bfloat16=True)
@@ -116,14 +119,10 @@ def run_pspnet(quick, folder):
     results = []
     for label, seconds in times.items():
         agreement = np.mean(outputs[label] == outputs["Keras float32"])
-        note = f"class agrees with Keras float32 on {100 * agreement:.2f}% of pixels"
-        if label in artifacts:
-            fmt = RUNTIMES[label][0]
-            note += f"; {fmt} written in {written[fmt]:.0f} s" + (
-                f", int8 in {written['int8']:.0f} s" if RUNTIMES[label][2] else "")
+        note = f"class agrees with Keras float32 on {100 * agreement:.2f}% of pixels" + _written(label, written)
         results.append(Result(f"pspnet [{label}]", size, seconds, throughput=f"{1 / seconds:.2f} img/s",
                               ratio=seconds / keras, note=note + "; ratio: / Keras float32"))
-    results += _pspnet_targets(times, size)
+    results += _failed_rows("pspnet", size, failed) + _pspnet_targets(times, size)
     if quick:
         results.append(_keras_sliding(model, predict_image, (96, 160), 65))
     else:
@@ -163,8 +162,10 @@ def _sliding(model, predict_image, folder, label, size=(1024, 2048), crop=713):
     from models.export.pspnet import PSPNetServing
 
     image = resized_photo(size)
-    artifacts, written = export(PSPNetServing(model, mode="sliding", crop_size=crop),
-                                os.path.join(folder, "pspnet_sliding"), [label])
+    artifacts, written, failed = export(PSPNetServing(model, mode="sliding", crop_size=crop),
+                                        os.path.join(folder, "pspnet_sliding"), [label], input_size=size)
+    if failed:
+        return _failed_rows(f"pspnet sliding {crop}", f"1x{size[0]}x{size[1]}", failed)
     served = load(label, artifacts[label])
     runs = [lambda: predict_image(model, image, mode="sliding", crop_size=crop),
             lambda: served(image)["class_ids"]]
@@ -176,8 +177,8 @@ def _sliding(model, predict_image, folder, label, size=(1024, 2048), crop=713):
                note="8 windows, stride 476, no flip"),
         Result(f"pspnet sliding {crop} [{label}]", shape, exported, throughput=f"{1 / exported:.3f} img/s",
                ratio=exported / keras, target=TARGETS["fp32"],
-               note=f"the fastest float32 export above; class agrees with Keras on {100 * agreement:.2f}% of pixels; "
-                    f"written in {written[RUNTIMES[label][0]]:.0f} s; ratio: / Keras"),
+               note=f"the fastest float32 export above; class agrees with Keras on {100 * agreement:.2f}% of pixels"
+                    f"{_written(label, written)}; ratio: / Keras"),
     ]
 
 
@@ -210,13 +211,12 @@ def run_detector(folder):
     serving = DetectorServing(model)
     labels = ("onnxruntime", "OpenVINO fp32", "OpenVINO int8")
     calibration = calibration_images(os.path.join(folder, "detector_calibration"), FULL_SIZE, 4)
-    artifacts, written = export(serving, os.path.join(folder, "detector"), labels, calibration)
+    artifacts, written, failed = export(serving, os.path.join(folder, "detector"), labels, calibration)
     keras = detector_reference(model, short_side=800, long_side=1333, score_threshold=SCORE_THRESHOLD)
     torchvision = tv.load(torch_path)
     runs = {"Keras": lambda: keras(image)}
-    for label in labels:
-        runs[label] = (lambda run: lambda: _served_detections(run(image, SCORE_THRESHOLD)))(
-            load(label, artifacts[label]))
+    for label, path in artifacts.items():
+        runs[label] = (lambda run: lambda: _served_detections(run(image, SCORE_THRESHOLD)))(load(label, path))
     runs["torchvision"] = lambda: _torchvision_detections(tv.detect(torchvision, image))
 
     outputs = {label: fn() for label, fn in runs.items()}
@@ -226,13 +226,10 @@ def run_detector(folder):
     for label, seconds in times.items():
         match = match_detections(outputs[label], outputs["Keras"])
         note = (f"{match['served']} detections, {match['matched']} of Keras's {match['reference']} matched "
-                f"(mask IoU {match['mask_iou']:.3f})")
-        if label in artifacts:
-            fmt = RUNTIMES[label][0]
-            note += f"; {fmt} written in {written[fmt]:.0f} s" + (
-                f", int8 in {written['int8']:.0f} s" if RUNTIMES[label][2] else "")
+                f"(mask IoU {match['mask_iou']:.3f})" + _written(label, written))
         results.append(Result(f"detector [{label}]", size, seconds, throughput=f"{1 / seconds:.2f} img/s",
                               ratio=seconds / times["torchvision"], note=note + "; ratio: / torchvision"))
+    results += _failed_rows("detector", size, failed)
     fastest = min((label for label in times if label != "torchvision"), key=times.get)
     results.append(Result("detector fastest / torchvision", size, times[fastest],
                           ratio=times[fastest] / times["torchvision"], target=TARGETS["detector"], note=fastest))
@@ -244,6 +241,20 @@ def run_detector(folder):
         probes[label] = client_probe(label, path, image_path, SCORE_THRESHOLD)
     probes["torchvision"] = probe("torchvision", path=torch_path, image=image_path)
     return results + memory_rows("detector", size, probes, "torchvision")
+
+
+def _written(label, written):
+    """"; onnx written in 41 s" for an exported runtime's note ("" for the others)."""
+    if label not in RUNTIMES:
+        return ""
+    fmt, _, int8 = RUNTIMES[label]
+    return f"; {fmt} written in {written[fmt]:.0f} s" + (f", int8 in {written['int8']:.0f} s" if int8 else "")
+
+
+def _failed_rows(family, size, failed):
+    """A row per runtime whose export failed (no time): {label: the ExportError's line}."""
+    return [Result(f"{family} [{label}]", size, float("nan"), note=f"export failed: {message}")
+            for label, message in failed.items()]
 
 
 def _served_detections(outputs):

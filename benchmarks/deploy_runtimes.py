@@ -57,32 +57,38 @@ def calibration_images(folder, size, count):
     return paths
 
 
-def export(serving, folder, labels, calibration=()):
-    """Writes `serving` once per format the runtimes `labels` need, under folder/FORMAT; -> {label: artifact path}.
+def export(serving, folder, labels, calibration=(), input_size=None):
+    """Writes `serving` once per format the runtimes `labels` need, under folder/FORMAT (input_size: formats.write's).
 
     The int8 runtime gets a copy of the float32 IR (folder/openvino_int8) quantized on `calibration`
-    (image paths). Returns the seconds each format took to write too: ({label: path}, {format: seconds}).
+    (image paths). Returns ({label: path}, {format or "int8": seconds to write}, {label: why it failed}):
+    a runtime whose export fails (ExportError) is left out of the paths, so that the others are measured.
     """
     import time
 
     from models.export import formats
+    from models.export.formats import ExportError
     from models.export.quantize import quantize_openvino
 
-    paths, seconds = {}, {}
+    paths, seconds, failed = {}, {}, {}
     for label in labels:
         fmt, _, int8 = RUNTIMES[label]
-        if fmt not in seconds:
-            start = time.perf_counter()
-            formats.write(serving, os.path.join(folder, fmt), fmt)
-            seconds[fmt] = time.perf_counter() - start
-        paths[label] = formats.artifact_path(os.path.join(folder, fmt), fmt)
-        if int8:
-            start = time.perf_counter()
-            shutil.copytree(os.path.join(folder, fmt), os.path.join(folder, "openvino_int8"))
-            paths[label] = quantize_openvino(formats.artifact_path(os.path.join(folder, "openvino_int8"), fmt),
-                                             calibration, serving.metadata())
-            seconds["int8"] = time.perf_counter() - start
-    return paths, seconds
+        try:
+            if fmt not in seconds:
+                start = time.perf_counter()
+                formats.write(serving, os.path.join(folder, fmt), fmt, input_size=input_size)
+                seconds[fmt] = time.perf_counter() - start
+            path = formats.artifact_path(os.path.join(folder, fmt), fmt)
+            if int8:
+                start = time.perf_counter()
+                shutil.copytree(os.path.join(folder, fmt), os.path.join(folder, "openvino_int8"))
+                path = quantize_openvino(formats.artifact_path(os.path.join(folder, "openvino_int8"), fmt),
+                                         calibration, serving.metadata())
+                seconds["int8"] = time.perf_counter() - start
+            paths[label] = path
+        except ExportError as error:
+            failed[label] = str(error)
+    return paths, seconds, failed
 
 
 def load(label, path):

@@ -245,7 +245,7 @@ def segment(model, rgb, mean, std, bfloat16=False):
     Normalised with mean, std (3 floats each: data.normalization's, passed in so that this module imports
     no TensorFlow); bfloat16: the forward pass under torch.autocast("cpu", dtype=torch.bfloat16).
     """
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    image = torch.tensor(rgb).permute(2, 0, 1)[None].float()  # a copy: PIL arrays are read-only
     image = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
         logits = model(image)
