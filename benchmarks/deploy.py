@@ -63,15 +63,6 @@ def _check_installed():
         raise UserError(f"--only deploy needs {', '.join(missing)}: pip install -e '.[deploy,test]'")
 
 
-def _with_precision():
-    """models.precision.with_precision, or None where that module is missing (then no Keras bfloat16 row)."""
-    try:
-        from models.precision import with_precision
-    except ImportError:
-        return None
-    return with_precision
-
-
 def pspnet_models(folder, width):
     """(torch SemsegPSPNet-50 in eval mode, its semseg .pth path, the converted .keras path) at base width `width`."""
     from benchmarks import torch_pspnet
@@ -85,9 +76,11 @@ def pspnet_models(folder, width):
 
 
 def run_pspnet(quick, folder):
+    """The PSPNet rows (module docstring); artifacts go to `folder`."""
     from benchmarks.torch_pspnet import segment
     from data.normalization import INPUT_MEAN, INPUT_STD
     from models.export.pspnet import PSPNetServing
+    from models.precision import with_precision
     from models.pspnet.inference import load_inference_model
     from models.pspnet.prediction import predict_image
 
@@ -100,11 +93,9 @@ def run_pspnet(quick, folder):
     artifacts, written, failed = export(PSPNetServing(model), os.path.join(folder, "pspnet"), labels, calibration,
                                         input_size=(side, side))
 
-    runs = {"Keras float32": lambda: predict_image(model, image)}
-    with_precision = _with_precision()
-    if with_precision is not None:
-        bfloat16 = with_precision(model, "bfloat16")
-        runs["Keras bfloat16"] = lambda: predict_image(bfloat16, image)
+    bfloat16 = with_precision(model, "bfloat16")
+    runs = {"Keras float32": lambda: predict_image(model, image),
+            "Keras bfloat16": lambda: predict_image(bfloat16, image)}
     for label, path in artifacts.items():
         runs[label] = (lambda run: lambda: run(image)["class_ids"])(load(label, path))
     mean, std = list(INPUT_MEAN), list(INPUT_STD)
@@ -126,9 +117,8 @@ def run_pspnet(quick, folder):
     if quick:
         results.append(_keras_sliding(model, predict_image, (96, 160), 65))
     else:
-        results += _sliding(model, predict_image, folder, min(FLOAT32, key=times.get))
-    results += _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, width, mean, std,
-                              with_precision is not None, size)
+        results += _sliding(model, predict_image, folder, min((l for l in FLOAT32 if l in times), key=times.get))
+    results += _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, width, mean, std, size)
     return results
 
 
@@ -143,13 +133,12 @@ def _pspnet_targets(times, size):
             continue
         fastest = min(present, key=times.get)
         rows.append(Result(f"pspnet fastest {kind} / Keras float32", size, times[fastest],
-                           ratio=times[fastest] / keras, target=TARGETS[kind],
-                           note=f"{fastest}" + ("" if kind != "bf16" or "Keras bfloat16" in times else
-                                                "; no Keras bfloat16: models/precision.py missing")))
+                           ratio=times[fastest] / keras, target=TARGETS[kind], note=fastest))
     return rows
 
 
 def _keras_sliding(model, predict_image, size, crop):
+    """--quick's sliding-window row: Keras alone (each export takes longer than the rest of --quick)."""
     image = resized_photo(size)
     seconds = alternating_median_times([lambda: predict_image(model, image, mode="sliding", crop_size=crop)],
                                        repeats=1)[0]
@@ -182,7 +171,7 @@ def _sliding(model, predict_image, folder, label, size=(1024, 2048), crop=713):
     ]
 
 
-def _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, width, mean, std, bfloat16, size):
+def _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, width, mean, std, size):
     """Peak RSS of each PSPNet runtime in its own process; --quick: those without TensorFlow only."""
     image_path = os.path.join(folder, "pspnet_image.npy")
     np.save(image_path, image)
@@ -190,9 +179,8 @@ def _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, widt
     probes = {"PyTorch float32": probe("torch_pspnet", bfloat16=False, **torch_args)}
     if not quick:
         probes["PyTorch bf16 autocast"] = probe("torch_pspnet", bfloat16=True, **torch_args)
-        probes["Keras float32"] = probe("keras_pspnet", path=keras_path, precision="float32", image=image_path)
-        if bfloat16:
-            probes["Keras bfloat16"] = probe("keras_pspnet", path=keras_path, precision="bfloat16", image=image_path)
+        for precision in ("float32", "bfloat16"):
+            probes[f"Keras {precision}"] = probe("keras_pspnet", path=keras_path, precision=precision, image=image_path)
     for label, path in artifacts.items():
         probes[label] = client_probe(label, path, image_path)
     return memory_rows("pspnet", size, probes, "PyTorch float32" if quick else "Keras float32")
