@@ -174,8 +174,8 @@ def _sliding(model, predict_image, folder, labels, size=(1024, 2048), crop=713):
                note="8 windows, stride 476, no flip"),
         Result(f"pspnet sliding {crop} [{label}]", shape, exported, throughput=f"{1 / exported:.3f} img/s",
                ratio=exported / keras, target=TARGETS["fp32"],
-               note=f"the fastest float32 export above that exports it; class agrees with Keras on {100 * agreement:.2f}% of pixels"
-                    f"{_written(label, written)}; ratio: / Keras"),
+               note=f"the fastest float32 export above that exports it; class agrees with Keras on "
+                    f"{100 * agreement:.2f}% of pixels{_written(label, written)}; ratio: / Keras"),
     ]
 
 
