@@ -22,7 +22,9 @@ in onnxruntime, OpenVINO fp32 and int8, against torchvision's eager inference. A
 scoring >= 0.05 (torchvision's box_score_thresh) and paste all their masks; the note counts how many of
 Keras's each matches (same class, box IoU >= 0.5).
 
-Times: each side's median, all sides called in turn (benchmarks.harness.alternating_median_times) on the
+Exports run in a fresh process per format (benchmarks.deploy_runtimes.export; converting ResNet-50 to
+ONNX peaks at 9 GiB any-size, 18 GiB at 713 x 713, and keeps most of it); a runtime whose export fails
+is a row saying why. Times: each side's median, all sides called in turn (benchmarks.harness.alternating_median_times) on the
 --threads threads (onnxruntime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS, torch's). Peak
 memory: one fresh process per runtime loading its artifact and running one image
 (benchmarks.deploy_runtimes.probe). --quick: a PSPNet-50 at base width 4 on 97 x 97 and only the
@@ -79,7 +81,6 @@ def run_pspnet(quick, folder):
     """The PSPNet rows (module docstring); artifacts go to `folder`."""
     from benchmarks.torch_pspnet import segment
     from data.normalization import INPUT_MEAN, INPUT_STD
-    from models.export.pspnet import PSPNetServing
     from models.precision import with_precision
     from models.pspnet.inference import load_inference_model
     from models.pspnet.prediction import predict_image
@@ -90,8 +91,8 @@ def run_pspnet(quick, folder):
     model = load_inference_model(keras_path)
     image = resized_photo((side, side))
     calibration = calibration_images(os.path.join(folder, "calibration"), (side, side), 2 if quick else 8)
-    artifacts, written, failed = export(PSPNetServing(model), os.path.join(folder, "pspnet"), labels, calibration,
-                                        input_size=(side, side))
+    artifacts, written, failed = export("pspnet", keras_path, os.path.join(folder, "pspnet"), labels,
+                                        calibration=calibration, input_size=(side, side))
 
     bfloat16 = with_precision(model, "bfloat16")
     runs = {"Keras float32": lambda: predict_image(model, image),
@@ -117,7 +118,8 @@ def run_pspnet(quick, folder):
     if quick:
         results.append(_keras_sliding(model, predict_image, (96, 160), 65))
     else:
-        results += _sliding(model, predict_image, folder, sorted((l for l in FLOAT32 if l in times), key=times.get))
+        results += _sliding(model, keras_path, predict_image, folder,
+                            sorted((label for label in FLOAT32 if label in times), key=times.get))
     results += _pspnet_memory(quick, folder, image, artifacts, keras_path, torch_path, width, mean, std, size)
     return results
 
@@ -146,19 +148,17 @@ def _keras_sliding(model, predict_image, size, crop):
                   throughput=f"{1 / seconds:.3f} img/s", note="no flip")
 
 
-def _sliding(model, predict_image, folder, labels, size=(1024, 2048), crop=713):
+def _sliding(model, keras_path, predict_image, folder, labels, size=(1024, 2048), crop=713):
     """Keras's sliding window against the fastest float32 runtime's export of it (mode="sliding").
 
     labels: the float32 runtimes, fastest first: the first whose export of the sliding graph works is timed.
     """
-    from models.export.pspnet import PSPNetServing
-
     image = resized_photo(size)
     shape = f"1x{size[0]}x{size[1]}"
-    serving = PSPNetServing(model, mode="sliding", crop_size=crop)
     failed_rows = []
     for label in labels:
-        artifacts, written, failed = export(serving, os.path.join(folder, "pspnet_sliding"), [label], input_size=size)
+        artifacts, written, failed = export("pspnet", keras_path, os.path.join(folder, "pspnet_sliding"), [label],
+                                            settings={"mode": "sliding", "crop_size": crop}, input_size=size)
         failed_rows += _failed_rows(f"pspnet sliding {crop}", shape, failed)
         if artifacts:
             break
@@ -199,16 +199,15 @@ def run_detector(folder):
     """The detector's rows at 800 x 1333 (full runs only): see the module docstring."""
     from benchmarks import torchvision_detector as tv
     from benchmarks.detector import FULL_SIZE, converted_models, load_ours, photo
-    from models.export.mask_rcnn import DetectorServing
     from models.export.verify import detector_reference, match_detections
 
     torch_path, keras_path = converted_models(False)
     image = photo(False)
     model = load_ours(keras_path)
-    serving = DetectorServing(model)
     labels = ("onnxruntime", "OpenVINO fp32", "OpenVINO int8")
     calibration = calibration_images(os.path.join(folder, "detector_calibration"), FULL_SIZE, 4)
-    artifacts, written, failed = export(serving, os.path.join(folder, "detector"), labels, calibration)
+    artifacts, written, failed = export("mask_rcnn", keras_path, os.path.join(folder, "detector"), labels,
+                                        calibration=calibration)
     keras = detector_reference(model, short_side=800, long_side=1333, score_threshold=SCORE_THRESHOLD)
     torchvision = tv.load(torch_path)
     runs = {"Keras": lambda: keras(image)}
@@ -241,11 +240,12 @@ def run_detector(folder):
 
 
 def _written(label, written):
-    """"; onnx written in 41 s" for an exported runtime's note ("" for the others)."""
+    """"; onnx written in 41 s (peak 9.1 GiB)" for an exported runtime's note ("" for the others)."""
     if label not in RUNTIMES:
         return ""
     fmt, _, int8 = RUNTIMES[label]
-    return f"; {fmt} written in {written[fmt]:.0f} s" + (f", int8 in {written['int8']:.0f} s" if int8 else "")
+    return (f"; {fmt} written in {written[fmt]['seconds']:.0f} s (peak {written[fmt]['peak_rss_mib'] / 1024:.1f} "
+            "GiB)" + (f", int8 in {written['int8']['seconds']:.0f} s" if int8 else ""))
 
 
 def _failed_rows(family, size, failed):

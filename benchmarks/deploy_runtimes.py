@@ -7,7 +7,6 @@ its layers that stay unquantized run in float32 ("f32"), so it is int8 against f
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -57,38 +56,74 @@ def calibration_images(folder, size, count):
     return paths
 
 
-def export(serving, folder, labels, calibration=(), input_size=None):
-    """Writes `serving` once per format the runtimes `labels` need, under folder/FORMAT (input_size: formats.write's).
-
-    The int8 runtime gets a copy of the float32 IR (folder/openvino_int8) quantized on `calibration`
-    (image paths). Returns ({label: path}, {format or "int8": seconds to write}, {label: why it failed}):
-    a runtime whose export fails is left out of the paths, so that the others are measured.
-    """
-    import time
-
-    from models.export import formats
+_EXPORT = r"""
+import json, os, shutil, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+family, checkpoint, fmt, folder, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+from benchmarks.harness import peak_rss_mib
+from models.export import formats
+if family == "pspnet":
+    from models.export.pspnet import PSPNetServing
+    from models.pspnet.inference import load_inference_model
+    serving = PSPNetServing(load_inference_model(checkpoint), **args["settings"])
+else:
+    from benchmarks.detector import load_ours
+    from models.export.mask_rcnn import DetectorServing
+    serving = DetectorServing(load_ours(checkpoint), **args["settings"])
+input_size = args["input_size"] and tuple(args["input_size"])
+start = time.perf_counter()
+done = {"path": formats.write(serving, os.path.join(folder, fmt), fmt, input_size=input_size),
+        "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
+if args["calibration"]:  # int8: a copy of the float32 IR, quantized
     from models.export.quantize import quantize_openvino
+    start = time.perf_counter()
+    shutil.copytree(os.path.join(folder, fmt), os.path.join(folder, "openvino_int8"))
+    try:
+        done["int8_path"] = quantize_openvino(formats.artifact_path(os.path.join(folder, "openvino_int8"), fmt),
+                                              args["calibration"], serving.metadata())
+        done["int8_seconds"] = time.perf_counter() - start
+    except Exception as error:
+        done["int8_error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1]}"
+print(json.dumps(done))
+"""
 
-    paths, seconds, failed = {}, {}, {}
-    for label in labels:
-        fmt, _, int8 = RUNTIMES[label]
-        try:
-            if fmt not in seconds:
-                start = time.perf_counter()
-                formats.write(serving, os.path.join(folder, fmt), fmt, input_size=input_size)
-                seconds[fmt] = time.perf_counter() - start
-            path = formats.artifact_path(os.path.join(folder, fmt), fmt)
-            if int8:
-                start = time.perf_counter()
-                shutil.copytree(os.path.join(folder, fmt), os.path.join(folder, "openvino_int8"))
-                path = quantize_openvino(formats.artifact_path(os.path.join(folder, "openvino_int8"), fmt),
-                                         calibration, serving.metadata())
-                seconds["int8"] = time.perf_counter() - start
-            paths[label] = path
-        except Exception as error:  # noqa: BLE001  ExportError, or a converter's own (OpenVINO's OpConversionFailure)
-            lines = [line for line in str(error).strip().splitlines() if line.strip()]
-            failed[label] = f"{type(error).__name__}: {lines[-1] if lines else ''}"
-    return paths, seconds, failed
+
+def export(family, checkpoint, folder, labels, *, settings=None, calibration=(), input_size=None):
+    """Exports the .keras `checkpoint` for the runtimes `labels`, a fresh process per format: (paths, info, failed).
+
+    family: "pspnet" (PSPNetServing) or "mask_rcnn" (DetectorServing), built with `settings` (keyword
+    arguments); input_size: formats.write's. Each format goes under folder/FORMAT; the int8 runtime gets
+    a copy of the float32 IR (folder/openvino_int8) quantized on `calibration` (image paths). A process per
+    format: tf2onnx holds several GB while converting a ResNet-50 (and keeps them), which the benchmark's
+    own process then would not have. Returns {label: artifact path}, {format or "int8": {"seconds",
+    "peak_rss_mib" of the exporting process}} and {label: why its export failed} (left out of the paths,
+    so that the others are measured).
+    """
+    paths, info, failed = {}, {}, {}
+    for fmt in dict.fromkeys(RUNTIMES[label][0] for label in labels):  # each format once, in order
+        mine = [label for label in labels if RUNTIMES[label][0] == fmt]
+        int8 = [label for label in mine if RUNTIMES[label][2]]
+        args = {"settings": settings or {}, "input_size": input_size, "calibration": list(calibration) if int8 else []}
+        child = subprocess.run([sys.executable, "-c", _EXPORT, family, checkpoint, fmt, folder, json.dumps(args)],
+                               cwd=ROOT, capture_output=True, text=True)
+        if child.returncode != 0:
+            failed.update((label, _last_line(child.stderr)) for label in mine)
+            continue
+        done = json.loads(child.stdout.strip().splitlines()[-1])
+        info[fmt] = {"seconds": done["seconds"], "peak_rss_mib": done["peak_rss_mib"]}
+        paths.update((label, done["path"]) for label in mine if label not in int8)
+        for label in int8:
+            if "int8_error" in done:
+                failed[label] = done["int8_error"]
+            else:
+                paths[label], info["int8"] = done["int8_path"], {"seconds": done["int8_seconds"]}
+    return paths, info, failed
+
+
+def _last_line(text):
+    """The last line of a failed process's stderr that says something (a traceback ends with the error)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error message"
 
 
 def load(label, path):
