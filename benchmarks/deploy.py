@@ -22,22 +22,23 @@ in onnxruntime, OpenVINO fp32 and int8, against torchvision's eager inference. A
 scoring >= 0.05 (torchvision's box_score_thresh) and paste all their masks; the note counts how many of
 Keras's each matches (same class, box IoU >= 0.5).
 
-Exports run in a fresh process per format (benchmarks.deploy_runtimes.export; converting ResNet-50 to
+Exports run in a fresh process per format (benchmarks.deploy_runtimes.export: converting PSPNet-50 to
 ONNX peaks at 9 GiB any-size, 18 GiB at 713 x 713, and keeps most of it); a runtime whose export fails
-is a row saying why. Times: each side's median, all sides called in turn (benchmarks.harness.alternating_median_times) on the
---threads threads (onnxruntime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS, torch's). Peak
-memory: one fresh process per runtime loading its artifact and running one image
-(benchmarks.deploy_runtimes.probe). --quick: a PSPNet-50 at base width 4 on 97 x 97 and only the
-OpenVINO export (one export: each takes 10-40 s even for a tiny model), no sliding export, no
-detector, memory only of the processes without TensorFlow.
+is a row saying why. Times: each side's median, all sides called in turn
+(benchmarks.harness.alternating_median_times) on the --threads threads (onnxruntime's intra-op threads,
+OpenVINO's INFERENCE_NUM_THREADS, torch's). Peak memory: one fresh process per runtime loading its
+artifact and running one image (benchmarks.deploy_runtimes.probe).
+--quick: a PSPNet-50 at base width 4 on 97 x 97 and only the OpenVINO export (each export takes
+10-40 s even for a tiny model), no sliding export, no detector, memory only of the processes without
+TensorFlow.
 """
 import importlib.util
 import os
 
 import numpy as np
 
-from benchmarks.deploy_runtimes import FLOAT32, RUNTIMES, calibration_images, client_probe, export, load, \
-    memory_rows, probe
+from benchmarks.deploy_runtimes import (FLOAT32, RUNTIMES, calibration_images, client_probe, export, load,
+                                       memory_rows, probe)
 from benchmarks.detector import resized_photo
 from benchmarks.harness import Result, alternating_median_times
 
@@ -103,7 +104,7 @@ def run_pspnet(quick, folder):
     runs["PyTorch float32"] = lambda: segment(reference, image, mean, std)
     runs["PyTorch bf16 autocast"] = lambda: segment(reference, image, mean, std, bfloat16=True)
 
-    outputs = {label: np.asarray(fn()) for label, fn in runs.items()}  # first calls (tracing, compiling) untimed
+    outputs, failed = _first_calls(runs, failed, np.asarray)
     times = dict(zip(runs, alternating_median_times(list(runs.values()), warmup=0 if quick else 1,
                                                     repeats=1 if quick else 3)))
     keras = times["Keras float32"]
@@ -165,10 +166,13 @@ def _sliding(model, keras_path, predict_image, folder, labels, size=(1024, 2048)
     else:
         return failed_rows
     served = load(label, artifacts[label])
-    runs = [lambda: predict_image(model, image, mode="sliding", crop_size=crop),
-            lambda: served(image)["class_ids"]]
-    agreement = np.mean(np.asarray(runs[0]()) == runs[1]())
-    keras, exported = alternating_median_times(runs, warmup=0, repeats=2)
+    runs = {"Keras float32": lambda: predict_image(model, image, mode="sliding", crop_size=crop),
+            label: lambda: served(image)["class_ids"]}
+    outputs, failed = _first_calls(runs, {}, np.asarray)
+    if failed:
+        return failed_rows + _failed_rows(f"pspnet sliding {crop}", shape, failed)
+    agreement = np.mean(outputs["Keras float32"] == outputs[label])
+    keras, exported = alternating_median_times(list(runs.values()), warmup=0, repeats=2)
     return failed_rows + [
         Result(f"pspnet sliding {crop} [Keras float32]", shape, keras, throughput=f"{1 / keras:.3f} img/s",
                note="8 windows, stride 476, no flip"),
@@ -215,7 +219,7 @@ def run_detector(folder):
         runs[label] = (lambda run: lambda: _served_detections(run(image, SCORE_THRESHOLD)))(load(label, path))
     runs["torchvision"] = lambda: _torchvision_detections(tv.detect(torchvision, image))
 
-    outputs = {label: fn() for label, fn in runs.items()}
+    outputs, failed = _first_calls(runs, failed)
     times = dict(zip(runs, alternating_median_times(list(runs.values()), repeats=3)))
     size = f"1x{FULL_SIZE[0]}x{FULL_SIZE[1]} resnet50"
     results = []
@@ -239,6 +243,23 @@ def run_detector(folder):
     return results + memory_rows("detector", size, probes, "torchvision")
 
 
+def _first_calls(runs, failed, convert=lambda outputs: outputs):
+    """Calls each of runs {label: fn} once (tracing, compiling: untimed); -> ({label: convert(output)}, failed).
+
+    A runtime that raises is removed from `runs` and added to `failed` {label: why}, so that the others
+    are still measured (an export can convert and yet not run).
+    """
+    outputs, failed = {}, dict(failed)
+    for label, fn in list(runs.items()):
+        try:
+            outputs[label] = convert(fn())
+        except Exception as error:  # noqa: BLE001  each runtime raises its own types
+            del runs[label]
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            failed[label] = f"runs but fails: {type(error).__name__}: {lines[-1][:300] if lines else ''}"
+    return outputs, failed
+
+
 def _written(label, written):
     """"; onnx written in 41 s (peak 9.1 GiB)" for an exported runtime's note ("" for the others)."""
     if label not in RUNTIMES:
@@ -249,8 +270,8 @@ def _written(label, written):
 
 
 def _failed_rows(family, size, failed):
-    """A row per runtime whose export failed (no time): {label: the ExportError's line}."""
-    return [Result(f"{family} [{label}]", size, float("nan"), note=f"export failed: {message}")
+    """A row per runtime that failed to export or to run (no time): failed {label: why}."""
+    return [Result(f"{family} [{label}]", size, float("nan"), note=f"failed: {message}")
             for label, message in failed.items()]
 
 

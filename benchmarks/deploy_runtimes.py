@@ -187,7 +187,7 @@ print(json.dumps({"peak_rss_mib": peak_rss_mib(), "seconds": time.perf_counter()
 
 
 def probe(job, **args):
-    """Runs one job of _PROBE in a fresh process on --threads threads; -> {"peak_rss_mib", "seconds"}.
+    """Runs one job of _PROBE in a fresh process on --threads threads; -> {"peak_rss_mib", "seconds"} or {"error"}.
 
     job: "client" (format, path, precision[, score_threshold]), "keras_pspnet" (path, precision),
     "keras_detector" (path, score_threshold), "torch_pspnet" (path, classes, width, mean, std, bfloat16) or
@@ -196,7 +196,7 @@ def probe(job, **args):
     done = subprocess.run([sys.executable, "-c", _PROBE, job, str(threads()), json.dumps(args)], cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"memory probe {job} {args.get('format', '')} failed: {done.stderr.strip()[-2000:]}")
+        return {"error": _last_line(done.stderr)}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -211,8 +211,14 @@ def client_probe(label, path, image_path, score_threshold=None):
 
 def memory_rows(family, size, probes, reference):
     """Result rows of peak RSS: probes {label: probe result}; ratio: peak / the `reference` label's."""
-    base = probes[reference]["peak_rss_mib"]
-    return [Result(f"peak RSS: {family} [{label}]", size, found["seconds"],
-                   throughput=f"{found['peak_rss_mib']:.0f} MiB", ratio=found["peak_rss_mib"] / base,
-                   note=f"fresh process: runtime + load + one image; ratio: / {reference}'s")
-            for label, found in probes.items()]
+    base = probes[reference].get("peak_rss_mib")
+    rows = []
+    for label, found in probes.items():
+        name = f"peak RSS: {family} [{label}]"
+        if "error" in found:
+            rows.append(Result(name, size, float("nan"), note=f"failed: {found['error']}"))
+            continue
+        rows.append(Result(name, size, found["seconds"], throughput=f"{found['peak_rss_mib']:.0f} MiB",
+                           ratio=found["peak_rss_mib"] / base if base else None,
+                           note=f"fresh process: runtime + load + one image; ratio: / {reference}'s"))
+    return rows
