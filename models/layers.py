@@ -42,6 +42,7 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 
     def call(self, x):
         batch, height, width, channels = tf.unstack(tf.shape(x))
+        channels = x.shape[3] if x.shape[3] is not None else channels  # static: the 1x1 convs after it need it
         out_h, out_w = self.output_size
         rows = _averaging_matrix(out_h, height)
         cols = _averaging_matrix(out_w, width)

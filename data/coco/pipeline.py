@@ -143,6 +143,60 @@ def resized_size(height, width, short_side=800, long_side=1333):
     return tf.cast(tf.floor(h * scale), tf.int32), tf.cast(tf.floor(w * scale), tf.int32)
 
 
+
+def resized_size_int32(height, width, short_side=800, long_side=1333, *, max_side=16384):
+    """resized_size's result computed with int32 and float32 ops only, for runtimes without float64.
+
+    OpenVINO's CPU plugin computes float64 in float32, which moves resized_size's floor by one pixel on
+    many sizes (417x301 at 96 / 128: 128 rows where float64 gives 127). Here the scale's branch and
+    floor(side * target / limit) are exact integer arithmetic; what float64 adds is its rounding when
+    side * target / limit is an integer k: Python's float64 then gives k or k - 1 (e.g. 97 rows at 800:
+    floor(97 * (800 / 97)) = 799). Which one follows from the float64 quotient's rounding error, a property
+    of the limiting side n alone: tabulated for n up to max_side (sides past it use the last entry, so
+    their size can be one pixel off) and applied in float32 on exact dyadic numbers. Checked equal to
+    resized_size on every size up to 2000x2000 (tests/data/coco/test_resized_size.py).
+    height, width: int tensors of any shape. Returns (new_height, new_width) int32 tensors of that shape.
+    """
+    h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    # Tests as arithmetic on 0 / 1 ints: tf2onnx loses the shape of an integer comparison's result
+    # (onnxruntime then refuses the resize that uses the size).
+    by_short = 1 - tf.clip_by_value(short_side * long - long_side * short, 0, 1)  # short_side/short <= long_side/long
+    limit = by_short * short + (1 - by_short) * long
+    target = by_short * short_side + (1 - by_short) * long_side
+    tables = np.concatenate([_float64_keeps_k(long_side, max_side), _float64_keeps_k(short_side, max_side)])
+    keeps_k = tf.gather(tf.constant(tables), tf.clip_by_value(limit, 1, max_side) - 1 + by_short * max_side)
+    powers = tf.constant([2.0 ** j for j in range(-1, 31)], tf.float32)
+
+    def scaled(side):
+        k, rest = (side * target) // limit, (side * target) % limit
+        # k / 2^e with 2^e < k <= 2^(e + 1): where k sits in the binade of the doubles just below it.
+        exact_k = tf.cast(k, tf.float32)  # exact: k < 2^24
+        binade = tf.reduce_sum(tf.cast(powers[1:] < tf.expand_dims(exact_k, -1), tf.int32), axis=-1)
+        position = exact_k / tf.gather(powers, binade)
+        divides = (1 - tf.clip_by_value(rest, 0, 1)) * tf.clip_by_value(k, 0, 1)  # k > 0 is an exact quotient
+        return k - divides * tf.cast(position > keeps_k, tf.int32)
+
+    return scaled(h), scaled(w)
+
+
+def _float64_keeps_k(target, max_side):
+    """[max_side] float32: for limiting side n = 1..max_side, the largest k / 2^e (see resized_size_int32) for
+    which Python's floor(m * (target / n)) is still k when m * target / n = k exactly (4.0: always).
+
+    q = float64(target / n) = (target / n)(1 + d). If d >= 0, m * q >= k and the floor is k. If d < 0, the
+    product k(1 + d) rounds to k iff k|d| <= half the spacing of the doubles just below k, 2^(e - 53)
+    (a tie goes to k, whose last mantissa bit is 0): iff k / 2^e <= 1 / (|d| 2^53).
+    """
+    from fractions import Fraction
+
+    limits = np.full(max_side, 4.0, np.float64)
+    for n in range(1, max_side + 1):
+        error = (Fraction(target / n) * n - target) / target  # d, exactly
+        if error < 0:
+            limits[n - 1] = min(4.0, float(1 / (-error * 2 ** 53)))
+    return limits.astype(np.float32)
+
 def make_dataset(split, *, batch_size, training, short_side=800, long_side=1333, seed=None, drop_remainder=None,
                  input_context=None):
     """tf.data pipeline of one split: a CocoSplit (in memory) or a data.coco.records.CocoRecords.

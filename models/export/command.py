@@ -118,7 +118,7 @@ def load_serving(args):
                     flip=args.flip)
     served = load_inference_model(args.checkpoint, precision="bfloat16") if bfloat16_graph else model
     serving = PSPNetServing(served, probabilities=args.probabilities, **settings)
-    return serving, pspnet_reference(model, **settings)
+    return serving, pspnet_reference(model, serving.label_table, **settings)
 
 
 def export(args, report=print):

@@ -86,8 +86,11 @@ def _saved_model(serving, path, input_size):
 def _onnx(serving, path, input_size, *, with_defaults=True):
     import onnx
 
+    from models.export.onnx_loops import add_loop_passthrough_identities
+
     serving.export(path, format="onnx", input_signature=serving.input_signature(input_size), verbose=False)
     model = onnx.load(path)
+    add_loop_passthrough_identities(model)  # else OpenVINO refuses the sliding window's loop
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(serving.metadata())
     names = [spec.name for spec in serving.input_signature(input_size)]
@@ -119,22 +122,17 @@ def _openvino(serving, path, input_size):
 
 
 def _litert(serving, path, input_size):
-    fn, signature = _default_endpoint(serving, input_size)
-    concrete = tf.function(fn).get_concrete_function(*signature)
-    # No trackable object: given one, the converter keeps the weights as resource variables, which a plain
-    # Interpreter reads uninitialised (garbage under XNNPACK). Without it they are frozen into constants.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        flat = converter.convert()
+        # Keras's LiteRT export (signature "serving_default", weights frozen), LiteRT's builtin ops only: a graph
+        # that needs TensorFlow ops (the Flex delegate) fails here instead of at a client.
+        serving.export(path, format="litert", input_signature=serving.input_signature(input_size), verbose=False,
+                       target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     except Exception as error:  # the converter raises ConverterError / RuntimeError with a long report
         ops = sorted(set(re.findall(r"\btf\.(\w+)\(", str(error))))
         what = f"TensorFlow ops LiteRT has no builtin for: {', '.join(ops)}" if ops else \
             str(error).strip().splitlines()[0]
         raise ExportError(f"--format litert: the {serving.metadata()['family']} graph does not convert ({what}); "
                           "use --format onnx or openvino") from error
-    with open(path, "wb") as f:
-        f.write(flat)
 
 
 def write_manifest(out, fmt, serving, *, input_size=None, precision="float32", quantized=None, verification=None):

@@ -3,7 +3,7 @@
 DetectorServing wraps a build_mask_rcnn model with what models/mask_rcnn/transform.py's
 detect does around it, in TensorFlow ops an exporter knows (tf2onnx -> onnxruntime,
 OpenVINO from the ONNX file): the resize to data.coco.resized_size's size (torchvision's
-rule), normalisation and padding (transform.resize_normalize_pad_equal), the detector
+rule, computed by resized_size_int32), normalisation and padding (transform.resize_normalize_pad_equal), the detector
 with its NMS traced by models.mask_rcnn.nms.portable_nms (CombinedNonMaxSuppression
 converts nowhere), the score threshold, the boxes scaled back per axis and swapped to
 (x1, y1, x2, y2), and the masks pasted into the image as torchvision pastes them
@@ -12,7 +12,7 @@ converts nowhere), the score threshold, the boxes scaled back per axis and swapp
 import keras
 import tensorflow as tf
 
-from data.coco.pipeline import resized_size
+from data.coco.pipeline import resized_size_int32
 from models.mask_rcnn.nms import portable_nms
 from models.mask_rcnn.prediction import ModelCategories
 from models.mask_rcnn.transform import resize_normalize_pad_equal
@@ -115,7 +115,8 @@ class DetectorServing(keras.Model):
         images = tf.convert_to_tensor(images)
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
-        resized = tf.stack(resized_size(height, width, self.short_side, self.long_side))
+        # torchvision's float64 size rule without float64 (OpenVINO would compute it in float32, a pixel off).
+        resized = tf.stack(resized_size_int32(height, width, self.short_side, self.long_side))
         # Rounded up without a negative floor division: tf2onnx turns FloorDiv of ints into Div, which truncates.
         padded = (resized + SIZE_DIVISIBLE - 1) // SIZE_DIVISIBLE * SIZE_DIVISIBLE
         pixels = resize_normalize_pad_equal(images, resized, padded)

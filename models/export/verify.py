@@ -132,12 +132,13 @@ def matched_share(figures):
     return figures["matched"] / larger if larger else 1.0
 
 
-def pspnet_reference(model, **settings):
-    """reference(rgb) -> [H, W] uint8: the labelIds predict.py writes for `model` with these predict_image settings."""
-    from data.cityscapes import to_label_ids
+def pspnet_reference(model, label_table, **settings):
+    """reference(rgb) -> [H, W] uint8: predict_image's class map (what predict.py computes for `model` with these
+    settings) through label_table ([256] uint8, the served graph's: for a Cityscapes model the labelIds of
+    predict.py's NAME_labelIds.png)."""
     from models.pspnet.prediction import predict_image
 
-    return lambda rgb: to_label_ids(predict_image(model, rgb, **settings))
+    return lambda rgb: np.asarray(label_table)[predict_image(model, rgb, **settings)]
 
 
 def detector_reference(detector, *, short_side, long_side, score_threshold):
