@@ -11,7 +11,7 @@ from data.cli import set_tensorflow_environment
 set_tensorflow_environment()
 
 AREAS = ("losses", "pipeline", "coco_input", "coco_pipeline", "pspnet", "protocols", "mask_rcnn", "detector", "memory",
-         "deploy_accuracy")
+         "deploy", "deploy_accuracy")
 
 
 def _format(results, judge=True):

@@ -48,9 +48,14 @@ def photo(quick):
     Read here rather than with tests.models.mask_rcnn.torchvision_maskrcnn.grace_hopper,
     which imports torch: our memory probe must not carry torch's runtime.
     """
+    return resized_photo(QUICK_SIZE if quick else FULL_SIZE)
+
+
+def resized_photo(size):
+    """grace_hopper.jpg resized (bilinear) to size (H, W): [H, W, 3] uint8 RGB."""
     import matplotlib.cbook
 
-    height, width = QUICK_SIZE if quick else FULL_SIZE
+    height, width = size
     with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as image:
         return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
 

@@ -7,8 +7,8 @@ import keras
 import pytest
 import torch
 from mmengine import Config
-from pspnet_torch_references import MmsegPSPNet, randomize
 
+from benchmarks.torch_pspnet import MmsegPSPNet, randomize
 from models.convert import convert_checkpoint
 from models.convert.mmseg_config import NOT_READ, parse_config_text, pspnet_settings
 from models.convert.provenance import HashMismatch, expected_hash

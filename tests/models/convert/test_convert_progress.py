@@ -1,7 +1,8 @@
 """python -m models.convert shows the weights being assigned in a log (stderr piped) and nothing with --quiet."""
 import torch  # noqa: F401  (before TensorFlow: see tests/conftest.py)
 from progress_output import check_progress, progress_lines, run_piped
-from pspnet_torch_references import SemsegPSPNet
+
+from benchmarks.torch_pspnet import SemsegPSPNet
 
 
 def test_convert_shows_progress_over_the_tensors_and_quiet_silences_it(tmp_path, torch_seed):

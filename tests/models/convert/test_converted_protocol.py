@@ -6,9 +6,9 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from pspnet_torch_references import MmsegPSPNet, randomize
 
 import predict
+from benchmarks.torch_pspnet import MmsegPSPNet, randomize
 from data import cityscapes
 from models.convert import convert_checkpoint
 from models.convert.mmseg_config import parse_config_text, pspnet_settings, read_test_settings

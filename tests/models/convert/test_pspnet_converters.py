@@ -1,7 +1,7 @@
 """semseg and mmsegmentation PSPNet checkpoints -> Keras, against the original PyTorch models on a real photo.
 
 The references are the two projects' models rewritten in plain torch
-(tests/models/convert/pspnet_torch_references.py says why and from what), with random
+(benchmarks/torch_pspnet.py says why and from what), with random
 weights and every BatchNorm's statistics and affine parameters randomised, saved
 the way each project saves its checkpoints, and converted through
 `python -m models.convert`'s main.
@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 import torch
 from PIL import Image
-from pspnet_torch_references import MmsegPSPNet, SemsegPSPNet, randomize
 
+from benchmarks.torch_pspnet import MmsegPSPNet, SemsegPSPNet, randomize
 from models.convert import command as convert
 from models.pspnet import inference_model
 from data.normalization import INPUT_MEAN, INPUT_STD

@@ -4,19 +4,9 @@ import pytest
 import torch
 import torchvision
 
+from benchmarks.torch_pspnet import randomize_torch_batch_norms
 from models.resnet import build_resnet
 from models.convert.torch_reader import CheckpointMismatch, read_state_dict, set_resnet
-
-
-def randomize_torch_batch_norms(module, generator):
-    """Random BatchNorm statistics and affine parameters, so a conversion that drops or swaps one shows."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = torch.rand(c, generator=generator) + 0.5
-            m.bias.data = torch.randn(c, generator=generator) * 0.1
-            m.running_mean = torch.randn(c, generator=generator) * 0.1
-            m.running_var = torch.rand(c, generator=generator) * 1.5 + 0.5
 
 
 @pytest.mark.parametrize("depth", [18, 50])

@@ -1,4 +1,5 @@
-"""The two published PyTorch PSPNets, rewritten in plain torch for the converter tests (not installable here).
+"""The two published PyTorch PSPNets, rewritten in plain torch (neither is installable here): the converter
+tests' references and the PyTorch side of benchmarks/deploy.py.
 
 - SemsegPSPNet: hszhao/semseg's model/pspnet.py on its model/resnet.py (deep_base=True),
   written from that code: same modules in the same order, so the same state-dict
@@ -18,10 +19,11 @@
 
 `width` (64 in every published model) scales the channels so tests can also run small models.
 Both take NCHW images normalised as this project's (RGB - INPUT_MEAN) / INPUT_STD and return logits.
+TensorFlow is not imported here (a memory probe of torch alone carries no TensorFlow runtime); in a process
+that uses both, import torch first (tests/conftest.py says why).
 """
 import torch
 import torch.nn.functional as F
-from test_torch_weights import randomize_torch_batch_norms
 from torch import nn
 
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -202,6 +204,17 @@ class MmsegPSPNet(nn.Module):
         return F.interpolate(out, img.shape[2:], mode="bilinear", align_corners=self.align_corners)
 
 
+def randomize_torch_batch_norms(module, generator):
+    """Random BatchNorm statistics and affine parameters, so a conversion that drops or swaps one shows."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=generator) + 0.5
+            m.bias.data = torch.randn(c, generator=generator) * 0.1
+            m.running_mean = torch.randn(c, generator=generator) * 0.1
+            m.running_var = torch.rand(c, generator=generator) * 1.5 + 0.5
+
+
 def randomize(module, seed):
     """Random weights (torch's initialisers) and random BatchNorm statistics and affine parameters, eval mode."""
     torch.manual_seed(seed)
@@ -210,3 +223,30 @@ def randomize(module, seed):
             m.reset_parameters()
     randomize_torch_batch_norms(module, torch.Generator().manual_seed(seed))
     return module.eval()
+
+
+def save_semseg(model, path):
+    """Writes `model`'s weights as semseg's tool/train.py saves them: {"state_dict": DataParallel's "module." keys}."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+def load_semseg(path, classes=19, width=64):
+    """The SemsegPSPNet-50 (no aux head) of a save_semseg file, in eval mode."""
+    state = torch.load(path, weights_only=True)["state_dict"]
+    model = SemsegPSPNet(50, classes=classes, width=width, aux=False)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def segment(model, rgb, mean, std, bfloat16=False):
+    """What a semseg user runs on one image at one scale: uint8 [H, W, 3] RGB -> class map [H, W] int64 (NumPy).
+
+    Normalised with mean, std (3 floats each: data.normalization's, passed in so that this module imports
+    no TensorFlow); bfloat16: the forward pass under torch.autocast("cpu", dtype=torch.bfloat16).
+    """
+    image = torch.tensor(rgb).permute(2, 0, 1)[None].float()  # a copy: PIL arrays are read-only
+    image = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        logits = model(image)
+    return logits.argmax(1)[0].numpy()
