@@ -17,7 +17,7 @@ from models.mask_rcnn.nms import portable_nms
 from models.mask_rcnn.prediction import ModelCategories
 from models.mask_rcnn.transform import resize_normalize_pad_equal
 
-PASTE_SCOPE = "paste_masks"  # the name scope of the in-graph paste (models/export/quantize.py keeps it float)
+PASTE_SCOPE = "paste_masks"  # the name scope of the in-graph paste's ops
 SIZE_DIVISIBLE = 32  # the detector's padding (transform.preprocess's size_divisible)
 OUTPUTS = {
     "boxes": "[N, 4] float32 (x1, y1, x2, y2) in the input image's pixels",
@@ -65,8 +65,8 @@ def paste_masks_dense(masks, boxes, image_size, threshold):
     F.interpolate sums (along x first), Ry [..., H, M + 2] and Rx [..., W, M + 2] from
     _axis_weights. Returns [..., H, W] bool. No reshape: a batch with no detection has a
     0 in its shape, which an ONNX Reshape reads as "copy this dimension" (onnxruntime and
-    OpenVINO then fail). Its ops carry the name scope PASTE_SCOPE: int8 quantization leaves
-    them in float (quantized, these products gave empty masks).
+    OpenVINO then fail). Its ops carry the name scope PASTE_SCOPE (int8 leaves them in float:
+    models/export/quantize.py).
     """
     mask_size = masks.shape[-1]
     with tf.name_scope(PASTE_SCOPE):

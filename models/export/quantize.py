@@ -8,11 +8,11 @@ that compile_model runs. BENCHMARKS.md, section 8, has its speed and accuracy.
 import os
 
 from models.export.formats import ExportError
-from models.export.mask_rcnn import PASTE_SCOPE
 
-# Ops left in float: the detector's mask paste (its bilinear weights are exact fractions; quantized, the pasted
-# masks came out empty). Matched on the node names, which keep TensorFlow's name scopes through ONNX.
-KEEP_FLOAT = f".*/{PASTE_SCOPE}/.*"
+# The layers int8 may touch, per family (None: all): the detector's learned layers only. Quantized, its geometry
+# (box scaling back to the image, anchors, proposals, RoIAlign) gave AP 0 on the demo detector and its mask
+# paste gave empty masks. Matched on node names, which keep TensorFlow's name scopes through ONNX.
+QUANTIZED_LAYERS = {"mask_rcnn": ("fpn", "rpn_head", "box_head", "mask_head"), "pspnet": None}
 
 
 def quantize_openvino(xml_path, image_paths, metadata):
@@ -39,7 +39,7 @@ def quantize_openvino(xml_path, image_paths, metadata):
         # PERFORMANCE: symmetric int8 weights and activations, the preset the CPU plugin runs fastest.
         quantized = nncf.quantize(model, nncf.Dataset(list(image_paths), feed),
                                   preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(image_paths),
-                                  ignored_scope=nncf.IgnoredScope(patterns=[KEEP_FLOAT], validate=False))
+                                  ignored_scope=_ignored_scope(nncf, metadata["family"]))
     except Exception as error:  # NNCF raises many types; its first line says what failed
         text = str(error).strip()
         raise ExportError(f"--quantize int8: NNCF could not quantize the {metadata['family']} graph "
@@ -52,3 +52,11 @@ def quantize_openvino(xml_path, image_paths, metadata):
     os.replace(stem + ".int8.bin", stem + ".bin")
     os.replace(stem + ".int8.xml", xml_path)
     return xml_path
+
+
+def _ignored_scope(nncf, family):
+    """Every node outside QUANTIZED_LAYERS[family] (a name without "/<layer>/" or "/<layer>_<n>/"), or None."""
+    layers = QUANTIZED_LAYERS[family]
+    if layers is None:
+        return None
+    return nncf.IgnoredScope(patterns=[rf"^(?!.*/({'|'.join(layers)})(_\d+)?/).*"], validate=False)
