@@ -28,6 +28,7 @@ from data.errors import UserError
 FORMATS = ("saved_model", "onnx", "openvino", "litert")
 METADATA_KEY = "keras_segmentation_reference"  # the ONNX metadata_props key / OpenVINO rt_info key of metadata()
 SAVED_MODEL_VERSION = "1"
+MAX_SIDE = 16384  # the largest image side an OpenVINO export takes (data.coco.pipeline.resized_size_int32's too)
 
 
 class ExportError(UserError, ValueError):
@@ -115,6 +116,11 @@ def _openvino(serving, path, input_size):
         onnx_path = os.path.join(scratch, "model.onnx")
         _onnx(serving, onnx_path, input_size, with_defaults=False)  # OpenVINO has no optional inputs
         model = ov.convert_model(onnx_path)
+    # Any size up to MAX_SIDE: with unbounded height and width the CPU plugin refused PSPNet-50's graph
+    # ("CpuBlockedMemoryDesc ... overflow while multiplying dim and stride"); bounded, it compiles.
+    image = model.input("image")
+    dims = [ov.Dimension(1, MAX_SIDE) if dim.is_dynamic else dim for dim in image.get_partial_shape()]
+    model.reshape({"image": ov.PartialShape(dims)})
     model.set_rt_info(json.dumps(serving.metadata()), [METADATA_KEY])
     # OpenVINO 2026.4 stores runtime_options in the IR but compile_model does not apply an
     # INFERENCE_PRECISION_HINT from there (checked): export.json records it, clients pass it.

@@ -260,3 +260,19 @@ def test_saved_model_serves_a_batch_of_equal_sizes_and_its_metadata(checkpoints,
     metadata = json.loads(loaded.signatures["metadata"]()["metadata"].numpy())
     assert metadata["inference"] == {"mode": "sliding", "crop_size": [65, 65], "stride": [44, 44], "flip": True}
     assert metadata == {key: value for key, value in _manifest(out).items() if key in metadata}
+
+
+@pytest.mark.slow
+def test_openvino_compiles_a_pspnet50_graph_at_any_size(tmp_path):
+    """Unbounded, OpenVINO's CPU plugin refused the dilated ResNet-50 graph ("overflow while multiplying dim and
+    stride"; resnet18 compiled): the export bounds the image's sides."""
+    from models import build_pspnet
+    from models.export import formats
+    from models.export.pspnet import PSPNetServing
+    from models.pspnet.model import inference_model
+
+    model = inference_model(build_pspnet(19, "resnet50", aux=False, base_width=4, layout="semseg"))
+    path = formats.write(PSPNetServing(model), str(tmp_path), "openvino")
+    run = load("openvino", path)
+    for photo in sample_photos():
+        assert run(photo)["class_ids"].shape == photo.shape[:2]
