@@ -9,8 +9,8 @@ On matplotlib's photo resized to 713 x 713 (uint8 in, class map out, each side's
 - the export (models.export.pspnet.PSPNetServing, whole image) in each runtime of
   benchmarks.deploy_runtimes.RUNTIMES, loaded with models/export/clients.py: SavedModel, onnxruntime,
   OpenVINO fp32, bf16 and int8 (NNCF, calibrated on 8 crops of the photo). Exported at the image's size
-  (--input-size 713,713): OpenVINO 2026.4's CPU plugin refuses to compile the any-size whole-image IR of
-  a PSPNet-50 ("CpuBlockedMemoryDesc ... overflow while multiplying dim and stride"; the sliding one compiles);
+  (--input-size 713,713), what a server for one camera would do (any-size exports work too: formats.py
+  bounds OpenVINO's dims, without which its CPU plugin refused PSPNet-50's graph);
 - semseg's PyTorch model, float32 and under torch.autocast("cpu", dtype=torch.bfloat16).
 Each row's note gives the share of pixels whose class agrees with Keras float32 (accuracy beside speed).
 Then a 1024 x 2048 image with 713 windows (stride 476, 8 windows, no flip): Keras against the fastest
