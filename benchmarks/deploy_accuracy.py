@@ -89,9 +89,15 @@ def _tool(function, *args):
 
 
 def _evaluate(argv):
-    import evaluate
-
-    return _tool(evaluate.main, argv + ["--quiet"])
+    """evaluate.py ARGV --quiet as a user runs it (a package never imports a command); its metrics.json."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), *argv, "--quiet"], cwd=root,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"evaluate.py {' '.join(argv)}: {lines[-1] if lines else done.returncode}")
+    with open(os.path.join(argv[argv.index("--out") + 1], "metrics.json")) as f:
+        return json.load(f)
 
 
 def _export(checkpoint, out, calibration, *extra, quick=False):
