@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from data.errors import UserError
@@ -58,27 +59,21 @@ def write(serving, out, fmt, *, input_size=None):
     return path
 
 
-def _default_endpoint(serving, input_size):
-    """(fn, signature) of the single-image endpoint with every input but the image at the export's default."""
-    signature = serving.input_signature(input_size)
-    if len(signature) == 1:
-        return serving.call, signature
-    default = tf.constant(serving.metadata()["score_threshold"], tf.float32)
-    return (lambda image: serving.call(image, default)), signature[:1]
-
-
 def _saved_model(serving, path, input_size):
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(serving)
-    fn, signature = _default_endpoint(serving, input_size)
-    archive.add_endpoint("serving_default", tf.function(fn), input_signature=signature)
+    signature = serving.input_signature(input_size)
     archive.add_endpoint("serve_batch", tf.function(serving.call_batch),
                          input_signature=serving.batch_signature(input_size))
-    if len(serving.input_signature(input_size)) > 1:
-        archive.add_endpoint("serve_with_threshold", tf.function(serving.call),
-                             input_signature=serving.input_signature(input_size))
+    if len(signature) == 1:
+        archive.add_endpoint("serving_default", tf.function(serving.call), input_signature=signature)
+    else:  # the detector: serving_default at the export's threshold, serve_with_threshold for another
+        default = tf.constant(serving.metadata()["score_threshold"], tf.float32)
+        archive.add_endpoint("serving_default", tf.function(lambda image: serving.call(image, default)),
+                             input_signature=signature[:1])
+        archive.add_endpoint("serve_with_threshold", tf.function(serving.call), input_signature=signature)
     text = json.dumps(serving.metadata())
     archive.add_endpoint("metadata", tf.function(lambda: {"metadata": tf.constant(text)}), input_signature=[])
     archive.write_out(path, verbose=False)
@@ -97,16 +92,10 @@ def _onnx(serving, path, input_size, *, with_defaults=True):
     names = [spec.name for spec in serving.input_signature(input_size)]
     if with_defaults and "score_threshold" in names:
         # An input that is also an initializer is optional in ONNX: onnxruntime uses this value unless fed.
-        default = onnx.numpy_helper.from_array(
-            _float32(serving.metadata()["score_threshold"]), name=model.graph.input[names.index("score_threshold")].name)
+        default = onnx.numpy_helper.from_array(np.float32(serving.metadata()["score_threshold"]),
+                                               name=model.graph.input[names.index("score_threshold")].name)
         model.graph.initializer.append(default)
     onnx.save(model, path)
-
-
-def _float32(value):
-    import numpy as np
-
-    return np.asarray(value, np.float32)
 
 
 def _openvino(serving, path, input_size):
